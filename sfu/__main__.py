@@ -1,0 +1,5 @@
+"""``python -m sfu``: the same as the ``sfu`` command."""
+
+from sfu.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""The engine interface: the narrow surface between the control plane (Python, asyncio) and the packet path.
+
+The engine owns the media sockets. Its loop runs in its own thread, never in the event loop. It receives
+datagrams, classifies them (RFC 7983, :func:`sfu.rtp.demux.classify`), and
+
+* hands STUN, DTLS, TURN and decrypted RTCP to Python as :class:`ControlPacket` batches, through
+  ``deliver`` called on the event loop thread (one call per batch, never per packet);
+* unprotects SRTP from a bound transport, updates the producer's statistics and retransmission cache,
+  and fans the packet out to every consumer of that producer, rewriting SSRC, sequence number and
+  timestamp, protecting with the consumer transport's keys, and sending.
+
+Python sets state through the methods of :class:`Engine`: socket opening, the binding of remote
+addresses to transports (from ICE), SRTP keys (from DTLS), producers and consumers (from the
+applications), and it sends its own datagrams (STUN, DTLS) and RTCP (protected by the engine).
+
+Two implementations exist: :mod:`sfu.engine.pyengine` (a plain-Python reference, used for
+differential tests) and the Cython engine (the production hot loop).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Addr = tuple[str, int]
+
+
+class SrtpProfile(enum.IntEnum):
+    """SRTP protection profiles (IANA DTLS-SRTP identifiers)."""
+
+    AES_CM_128_HMAC_SHA1_80 = 0x0001
+    AEAD_AES_128_GCM = 0x0007
+
+    @property
+    def key_len(self) -> int:
+        return 16
+
+    @property
+    def salt_len(self) -> int:
+        return 14 if self is SrtpProfile.AES_CM_128_HMAC_SHA1_80 else 12
+
+
+class ControlKind(enum.IntEnum):
+    """What a :class:`ControlPacket` carries."""
+
+    STUN = 1
+    DTLS = 2
+    RTCP = 3  # already unprotected (SRTCP removed)
+    TURN = 4  # TURN ChannelData from a TURN server
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPacket:
+    """A datagram the engine hands to Python."""
+
+    kind: ControlKind
+    socket_id: int
+    addr: Addr
+    data: bytes
+    transport_id: int = 0  # 0 when the 5-tuple is not bound to a transport
+
+
+@dataclass(frozen=True, slots=True)
+class SocketInfo:
+    socket_id: int
+    family: int
+    local_addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class SrtpParameters:
+    """Keys from the DTLS handshake: ``local_*`` protect what we send, ``remote_*`` what we receive."""
+
+    profile: SrtpProfile
+    local_key: bytes
+    local_salt: bytes
+    remote_key: bytes
+    remote_salt: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerSpec:
+    """An inbound RTP stream on a transport."""
+
+    transport_id: int
+    ssrc: int
+    kind: str  # "audio" | "video"
+    clock_rate: int
+    cache_size: int = 0  # packets kept for NACK (0 = none)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """An outbound copy of a producer's stream on a transport (SSRC and continuity rewritten)."""
+
+    consumer_id: int
+    src_transport: int
+    src_ssrc: int
+    dst_transport: int
+    dst_ssrc: int
+    clock_rate: int
+    cache_size: int = 0  # protected packets kept for NACK from this consumer's receiver
+    payload_type_map: Sequence[tuple[int, int]] = ()  # (in PT, out PT); empty = unchanged
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """Counters of one RTP stream (inbound for producers, outbound for consumers)."""
+
+    ssrc: int
+    packets: int = 0
+    bytes: int = 0
+    # inbound only
+    highest_seq: int = -1  # extended (with cycles)
+    base_seq: int = -1
+    jitter: float = 0.0  # in timestamp units
+    lost: int = 0
+    # outbound only
+    last_rtp_ts: int = 0
+    last_send_time: float = 0.0
+    retransmitted: int = 0
+
+
+@dataclass(slots=True)
+class TransportStats:
+    transport_id: int
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    rtcp_in: int = 0
+    rtcp_out: int = 0
+    srtp_errors: int = 0
+    unrouted: int = 0
+    inbound: dict[int, StreamStats] = field(default_factory=dict)
+    outbound: dict[int, StreamStats] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class EngineStats:
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    dropped_unknown: int = 0  # not STUN/DTLS/RTP/RTCP, or RTP from an unbound address
+    control_delivered: int = 0
+
+
+Deliver = Callable[[list[ControlPacket]], None]
+
+
+class Engine(Protocol):
+    """What every engine implements. All methods are called from the event loop thread."""
+
+    def open_socket(self, host: str, port: int) -> SocketInfo: ...
+
+    def close_socket(self, socket_id: int) -> None: ...
+
+    def start(self, deliver: Deliver) -> None:
+        """Start the loop thread; ``deliver`` is scheduled on the caller's event loop with batches."""
+        ...
+
+    def stop(self) -> None: ...
+
+    def send(self, socket_id: int, addr: Addr, data: bytes) -> None:
+        """Send a raw datagram (STUN, DTLS, TURN) from one of the engine's sockets."""
+        ...
+
+    def bind(self, transport_id: int, socket_id: int, addr: Addr) -> None:
+        """Datagrams arriving on ``socket_id`` from ``addr`` belong to ``transport_id``."""
+        ...
+
+    def set_destination(self, transport_id: int, socket_id: int, addr: Addr) -> None:
+        """Media for ``transport_id`` leaves from ``socket_id`` toward ``addr`` (the selected pair)."""
+        ...
+
+    def set_srtp(self, transport_id: int, params: SrtpParameters) -> None: ...
+
+    def remove_transport(self, transport_id: int) -> None:
+        """Forget the transport, its bindings, keys, producers and consumers."""
+        ...
+
+    def add_producer(self, spec: ProducerSpec) -> None: ...
+
+    def remove_producer(self, transport_id: int, ssrc: int) -> None: ...
+
+    def add_consumer(self, spec: ConsumerSpec) -> None: ...
+
+    def remove_consumer(self, consumer_id: int) -> None: ...
+
+    def pause_consumer(self, consumer_id: int, paused: bool) -> None: ...
+
+    def send_rtcp(self, transport_id: int, packet: bytes) -> None:
+        """Protect a compound RTCP packet with the transport's keys and send it to its destination."""
+        ...
+
+    def retransmit(self, consumer_id: int, seqs: Sequence[int]) -> int:
+        """Resend cached packets of a consumer by (output) sequence number; returns how many were found."""
+        ...
+
+    def transport_stats(self, transport_id: int) -> TransportStats | None: ...
+
+    def stats(self) -> EngineStats: ...

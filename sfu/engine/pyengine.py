@@ -1,0 +1,536 @@
+"""The reference engine: plain Python in one thread, SRTP by libsrtp (pylibsrtp).
+
+It implements :class:`sfu.engine.base.Engine` with the same observable behaviour as the Cython
+engine, and exists for two reasons: it is the simple model the compiled engine is tested against,
+and it runs where the extension is not built. It is not fast (tens of microseconds per packet).
+
+The loop thread owns receiving; sending happens from both threads under one lock, which also
+guards the SRTP sessions and the routing tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import logging
+import select
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import pylibsrtp
+
+from sfu.engine.base import (
+    Addr,
+    ConsumerSpec,
+    ControlKind,
+    ControlPacket,
+    Deliver,
+    EngineStats,
+    ProducerSpec,
+    SocketInfo,
+    SrtpParameters,
+    SrtpProfile,
+    StreamStats,
+    TransportStats,
+)
+from sfu.rtp.demux import PacketKind, classify
+
+log = logging.getLogger(__name__)
+
+_PROFILES = {
+    SrtpProfile.AES_CM_128_HMAC_SHA1_80: pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+    SrtpProfile.AEAD_AES_128_GCM: pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+}
+_BATCH = 64
+_RECV_SIZE = 2048
+
+
+def _norm(addr: tuple[object, ...]) -> Addr:
+    return (str(addr[0]), int(addr[1]))  # type: ignore[call-overload]
+
+
+@dataclass
+class _Consumer:
+    spec: ConsumerSpec
+    paused: bool = False
+    seq_offset: int = 0
+    ts_offset: int = 0
+    synced: bool = False  # offsets computed for the current run of packets
+    last_out_seq: int = -1
+    last_out_ts: int = 0
+    last_out_time: float = 0.0
+    cache: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
+    pt_map: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Transport:
+    transport_id: int
+    dest: tuple[int, Addr] | None = None
+    rx: pylibsrtp.Session | None = None
+    tx: pylibsrtp.Session | None = None
+    stats: TransportStats = field(default_factory=lambda: TransportStats(0))
+    bindings: set[tuple[int, Addr]] = field(default_factory=set)
+    producers: dict[int, ProducerSpec] = field(default_factory=dict)
+    jitter_prev: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+class PyEngine:
+    """Reference implementation of :class:`sfu.engine.base.Engine`."""
+
+    name = "python"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+        self._lock = threading.RLock()
+        self._sockets: dict[int, socket.socket] = {}
+        self._ids = itertools.count(1)
+        self._bindings: dict[tuple[int, Addr], int] = {}
+        self._transports: dict[int, _Transport] = {}
+        self._consumers: dict[int, _Consumer] = {}
+        self._routes: dict[tuple[int, int], list[_Consumer]] = {}
+        self._stats = EngineStats()
+        self._deliver: Deliver | None = None
+        self._pending: list[ControlPacket] = []
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # -- sockets -------------------------------------------------------------------------------
+
+    def open_socket(self, host: str, port: int) -> SocketInfo:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        socket_id = next(self._ids)
+        with self._lock:
+            self._sockets[socket_id] = sock
+        self._wake()
+        return SocketInfo(socket_id, family, _norm(sock.getsockname()))
+
+    def close_socket(self, socket_id: int) -> None:
+        with self._lock:
+            sock = self._sockets.pop(socket_id, None)
+            for key in [k for k in self._bindings if k[0] == socket_id]:
+                del self._bindings[key]
+        self._wake()
+        if sock is not None:
+            sock.close()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, deliver: Deliver) -> None:
+        if self._running:
+            raise RuntimeError("engine already started")
+        self._loop = self._loop or asyncio.get_running_loop()
+        self._deliver = deliver
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="sfu-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._running = False
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        with self._lock:
+            for sock in self._sockets.values():
+                sock.close()
+            self._sockets.clear()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    # -- control surface ------------------------------------------------------------------------
+
+    def send(self, socket_id: int, addr: Addr, data: bytes) -> None:
+        with self._lock:
+            sock = self._sockets.get(socket_id)
+            if sock is None:
+                return
+            self._sendto(sock, data, addr)
+
+    def bind(self, transport_id: int, socket_id: int, addr: Addr) -> None:
+        with self._lock:
+            t = self._transport(transport_id)
+            self._bindings[(socket_id, addr)] = transport_id
+            t.bindings.add((socket_id, addr))
+
+    def set_destination(self, transport_id: int, socket_id: int, addr: Addr) -> None:
+        with self._lock:
+            t = self._transport(transport_id)
+            t.dest = (socket_id, addr)
+            self._bindings[(socket_id, addr)] = transport_id
+            t.bindings.add((socket_id, addr))
+
+    def set_srtp(self, transport_id: int, params: SrtpParameters) -> None:
+        profile = _PROFILES[params.profile]
+        rx = pylibsrtp.Session(
+            pylibsrtp.Policy(
+                key=params.remote_key + params.remote_salt,
+                ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
+                srtp_profile=profile,
+            )
+        )
+        tx = pylibsrtp.Session(
+            pylibsrtp.Policy(
+                key=params.local_key + params.local_salt,
+                ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+                srtp_profile=profile,
+            )
+        )
+        with self._lock:
+            t = self._transport(transport_id)
+            t.rx, t.tx = rx, tx
+
+    def remove_transport(self, transport_id: int) -> None:
+        with self._lock:
+            t = self._transports.pop(transport_id, None)
+            if t is None:
+                return
+            for key in t.bindings:
+                if self._bindings.get(key) == transport_id:
+                    del self._bindings[key]
+            for cid, c in list(self._consumers.items()):
+                if transport_id in (c.spec.src_transport, c.spec.dst_transport):
+                    self._remove_consumer_locked(cid)
+
+    def add_producer(self, spec: ProducerSpec) -> None:
+        with self._lock:
+            t = self._transport(spec.transport_id)
+            t.producers[spec.ssrc] = spec
+            t.stats.inbound.setdefault(spec.ssrc, StreamStats(spec.ssrc))
+
+    def remove_producer(self, transport_id: int, ssrc: int) -> None:
+        with self._lock:
+            t = self._transports.get(transport_id)
+            if t is not None:
+                t.producers.pop(ssrc, None)
+            for cid, c in list(self._consumers.items()):
+                if (c.spec.src_transport, c.spec.src_ssrc) == (transport_id, ssrc):
+                    self._remove_consumer_locked(cid)
+
+    def add_consumer(self, spec: ConsumerSpec) -> None:
+        with self._lock:
+            if spec.consumer_id in self._consumers:
+                raise ValueError(f"consumer {spec.consumer_id} exists")
+            c = _Consumer(spec, pt_map=dict(spec.payload_type_map))
+            self._transport(spec.dst_transport).stats.outbound.setdefault(
+                spec.dst_ssrc, StreamStats(spec.dst_ssrc)
+            )
+            self._consumers[spec.consumer_id] = c
+            self._routes.setdefault((spec.src_transport, spec.src_ssrc), []).append(c)
+
+    def remove_consumer(self, consumer_id: int) -> None:
+        with self._lock:
+            self._remove_consumer_locked(consumer_id)
+
+    def _remove_consumer_locked(self, consumer_id: int) -> None:
+        c = self._consumers.pop(consumer_id, None)
+        if c is None:
+            return
+        key = (c.spec.src_transport, c.spec.src_ssrc)
+        lst = self._routes.get(key, [])
+        if c in lst:
+            lst.remove(c)
+        if not lst:
+            self._routes.pop(key, None)
+
+    def pause_consumer(self, consumer_id: int, paused: bool) -> None:
+        with self._lock:
+            c = self._consumers.get(consumer_id)
+            if c is not None and c.paused != paused:
+                c.paused = paused
+                c.synced = False
+
+    def send_rtcp(self, transport_id: int, packet: bytes) -> None:
+        with self._lock:
+            t = self._transports.get(transport_id)
+            if t is None or t.tx is None or t.dest is None:
+                return
+            try:
+                data = t.tx.protect_rtcp(packet)
+            except pylibsrtp.Error:
+                t.stats.srtp_errors += 1
+                return
+            sock = self._sockets.get(t.dest[0])
+            if sock is not None:
+                self._sendto(sock, data, t.dest[1])
+                t.stats.rtcp_out += 1
+
+    def retransmit(self, consumer_id: int, seqs: Sequence[int]) -> int:
+        found = 0
+        with self._lock:
+            c = self._consumers.get(consumer_id)
+            if c is None:
+                return 0
+            t = self._transports.get(c.spec.dst_transport)
+            if t is None or t.dest is None:
+                return 0
+            sock = self._sockets.get(t.dest[0])
+            if sock is None:
+                return 0
+            out = t.stats.outbound.get(c.spec.dst_ssrc)
+            for seq in seqs:
+                data = c.cache.get(seq & 0xFFFF)
+                if data is None:
+                    continue
+                self._sendto(sock, data, t.dest[1])
+                found += 1
+                if out is not None:
+                    out.retransmitted += 1
+        return found
+
+    def transport_stats(self, transport_id: int) -> TransportStats | None:
+        with self._lock:
+            t = self._transports.get(transport_id)
+            if t is None:
+                return None
+            s = t.stats
+            return TransportStats(
+                transport_id,
+                s.packets_in,
+                s.bytes_in,
+                s.packets_out,
+                s.bytes_out,
+                s.rtcp_in,
+                s.rtcp_out,
+                s.srtp_errors,
+                s.unrouted,
+                {k: replace(v) for k, v in s.inbound.items()},
+                {k: replace(v) for k, v in s.outbound.items()},
+            )
+
+    def stats(self) -> EngineStats:
+        s = self._stats
+        return EngineStats(s.datagrams_in, s.datagrams_out, s.dropped_unknown, s.control_delivered)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _transport(self, transport_id: int) -> _Transport:
+        t = self._transports.get(transport_id)
+        if t is None:
+            t = _Transport(transport_id, stats=TransportStats(transport_id))
+            self._transports[transport_id] = t
+        return t
+
+    def _sendto(self, sock: socket.socket, data: bytes, addr: Addr) -> None:
+        try:
+            sock.sendto(data, addr)
+            self._stats.datagrams_out += 1
+        except OSError as exc:
+            if exc.errno not in (
+                errno.EAGAIN,
+                errno.ENOBUFS,
+                errno.ECONNREFUSED,
+                errno.ENETUNREACH,
+            ):
+                log.debug("sendto %s failed: %s", addr, exc)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        registered: dict[int, int] = {}
+        poller.register(self._wake_r.fileno(), select.POLLIN)
+        while self._running:
+            with self._lock:
+                current = {sock.fileno(): sid for sid, sock in self._sockets.items()}
+            for fd in set(registered) - set(current):
+                with contextlib.suppress(KeyError, ValueError):
+                    poller.unregister(fd)
+            for fd in set(current) - set(registered):
+                poller.register(fd, select.POLLIN)
+            registered = current
+            try:
+                events = poller.poll(200)
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                if fd == self._wake_r.fileno():
+                    with contextlib.suppress(OSError):
+                        self._wake_r.recv(4096)
+                    continue
+                sid = registered.get(fd)
+                if sid is not None:
+                    self._drain_socket(sid)
+            self._flush()
+
+    def _drain_socket(self, socket_id: int) -> None:
+        sock = self._sockets.get(socket_id)
+        if sock is None:
+            return
+        for _ in range(_BATCH):
+            try:
+                data, raw_addr = sock.recvfrom(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self._stats.datagrams_in += 1
+            try:
+                self._handle(socket_id, _norm(raw_addr), data)
+            except Exception:  # never let one datagram stop the loop
+                log.exception("engine: datagram from %s dropped", raw_addr)
+                self._stats.dropped_unknown += 1
+
+    def _handle(self, socket_id: int, addr: Addr, data: bytes) -> None:
+        kind = classify(data)
+        tid = self._bindings.get((socket_id, addr), 0)
+        if kind == PacketKind.STUN:
+            self._queue(ControlPacket(ControlKind.STUN, socket_id, addr, data, tid))
+        elif kind == PacketKind.DTLS:
+            self._queue(ControlPacket(ControlKind.DTLS, socket_id, addr, data, tid))
+        elif kind == PacketKind.TURN_CHANNEL:
+            self._queue(ControlPacket(ControlKind.TURN, socket_id, addr, data, tid))
+        elif kind in (PacketKind.RTP, PacketKind.RTCP) and tid:
+            with self._lock:
+                t = self._transports.get(tid)
+                if t is None or t.rx is None:
+                    self._stats.dropped_unknown += 1
+                    return
+                if kind == PacketKind.RTP:
+                    self._on_rtp(t, data)
+                    return
+                try:
+                    plain = t.rx.unprotect_rtcp(data)
+                except pylibsrtp.Error:
+                    t.stats.srtp_errors += 1
+                    return
+                t.stats.rtcp_in += 1
+            self._queue(ControlPacket(ControlKind.RTCP, socket_id, addr, plain, tid))
+        else:
+            self._stats.dropped_unknown += 1
+
+    def _on_rtp(self, t: _Transport, data: bytes) -> None:
+        assert t.rx is not None
+        try:
+            plain = t.rx.unprotect(data)
+        except pylibsrtp.Error:
+            t.stats.srtp_errors += 1
+            return
+        t.stats.packets_in += 1
+        t.stats.bytes_in += len(data)
+        pt = plain[1] & 0x7F
+        seq, ts, ssrc = struct.unpack_from("!HII", plain, 2)
+        now = time.monotonic()
+        self._update_inbound(t, ssrc, seq, ts, len(plain), now)
+        consumers = self._routes.get((t.transport_id, ssrc))
+        if not consumers:
+            t.stats.unrouted += 1
+            return
+        for c in consumers:
+            if not c.paused:
+                self._forward(c, plain, pt, seq, ts, now)
+
+    def _update_inbound(
+        self, t: _Transport, ssrc: int, seq: int, ts: int, size: int, now: float
+    ) -> None:
+        s = t.stats.inbound.get(ssrc)
+        if s is None:
+            s = t.stats.inbound[ssrc] = StreamStats(ssrc)
+        s.packets += 1
+        s.bytes += size
+        if s.highest_seq < 0:
+            s.base_seq = s.highest_seq = seq
+        else:
+            cycles = s.highest_seq & ~0xFFFF
+            ext = cycles | seq
+            delta = ext - s.highest_seq
+            if delta < -0x8000:
+                ext += 0x10000
+            elif delta > 0x8000:
+                ext -= 0x10000
+            s.highest_seq = max(s.highest_seq, ext)
+        producer = t.producers.get(ssrc)
+        rate = producer.clock_rate if producer else 90000
+        arrival = int(now * rate)
+        prev = t.jitter_prev.get(ssrc)
+        if prev is not None:
+            # RFC 3550 A.8: D = (Rj - Ri) - (Sj - Si), timestamps compared modulo 2^32
+            transit_delta = (arrival - prev[0]) - _ts_delta(ts, prev[1])
+            s.jitter += (abs(transit_delta) - s.jitter) / 16.0
+        t.jitter_prev[ssrc] = (arrival, ts)
+        expected = s.highest_seq - s.base_seq + 1
+        s.lost = max(0, expected - s.packets)
+
+    def _forward(self, c: _Consumer, plain: bytes, pt: int, seq: int, ts: int, now: float) -> None:
+        dst = self._transports.get(c.spec.dst_transport)
+        if dst is None or dst.tx is None or dst.dest is None:
+            return
+        if not c.synced:
+            if c.last_out_seq >= 0:
+                c.seq_offset = (c.last_out_seq + 1 - seq) & 0xFFFF
+                elapsed = int(max(0.0, now - c.last_out_time) * c.spec.clock_rate)
+                c.ts_offset = (c.last_out_ts + max(1, elapsed) - ts) & 0xFFFFFFFF
+            c.synced = True
+        out_seq = (seq + c.seq_offset) & 0xFFFF
+        out_ts = (ts + c.ts_offset) & 0xFFFFFFFF
+        out_pt = c.pt_map.get(pt, pt)
+        packet = bytearray(plain)
+        packet[1] = (packet[1] & 0x80) | out_pt
+        struct.pack_into("!HII", packet, 2, out_seq, out_ts, c.spec.dst_ssrc)
+        try:
+            data = dst.tx.protect(bytes(packet))
+        except pylibsrtp.Error:
+            dst.stats.srtp_errors += 1
+            return
+        sock = self._sockets.get(dst.dest[0])
+        if sock is None:
+            return
+        self._sendto(sock, data, dst.dest[1])
+        if c.spec.cache_size:
+            c.cache[out_seq] = data
+            if len(c.cache) > c.spec.cache_size:
+                c.cache.popitem(last=False)
+        c.last_out_seq, c.last_out_ts, c.last_out_time = out_seq, out_ts, now
+        dst.stats.packets_out += 1
+        dst.stats.bytes_out += len(data)
+        out = dst.stats.outbound.get(c.spec.dst_ssrc)
+        if out is None:
+            out = dst.stats.outbound[c.spec.dst_ssrc] = StreamStats(c.spec.dst_ssrc)
+        out.packets += 1
+        out.bytes += len(packet) - 12
+        out.last_rtp_ts = out_ts
+        out.last_send_time = now
+
+    def _queue(self, packet: ControlPacket) -> None:
+        self._pending.append(packet)
+        if len(self._pending) >= _BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending or self._deliver is None or self._loop is None:
+            return
+        batch, self._pending = self._pending, []
+        self._stats.control_delivered += len(batch)
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, batch)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+
+def _ts_delta(a: int, b: int) -> int:
+    """a - b for 32-bit RTP timestamps, as a signed difference."""
+    d = (a - b) & 0xFFFFFFFF
+    return d - 0x100000000 if d >= 0x80000000 else d

@@ -1,0 +1,241 @@
+"""Negotiation as pure functions: pick codecs, feedback and extensions, and write SDP.
+
+``answer_media`` decides, per remote m-section, what the server accepts; ``write_description``
+renders the server's side (an answer, or later an offer) from those decisions and the transport's
+ICE/DTLS parameters. Nothing here touches the network or the clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sfu.dtls.certificate import Fingerprint
+from sfu.sdp.capabilities import DEFAULT_CAPABILITIES, CodecCapability, RouterCapabilities
+from sfu.sdp.description import RemoteCodec, RemoteDescription, RemoteMedia, SdpError
+
+
+@dataclass(frozen=True)
+class NegotiatedMedia:
+    """The server's side of one m-section."""
+
+    index: int
+    mid: str
+    kind: str
+    direction: str  # the server's direction
+    codec: RemoteCodec | None  # None when rejected
+    feedback: tuple[str, ...] = ()
+    extensions: tuple[tuple[int, str], ...] = ()
+    recv_ssrcs: tuple[int, ...] = ()  # what the peer sends (primary SSRCs, RTX excluded)
+    send_ssrc: int | None = None  # what the server sends
+    cname: str = "sfu"
+    msid: str | None = None  # "stream track"
+    rejected_reason: str | None = None
+    protocol: str = "UDP/TLS/RTP/SAVPF"
+
+    @property
+    def rejected(self) -> bool:
+        return self.codec is None
+
+
+@dataclass(frozen=True)
+class LocalParameters:
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprints: Sequence[Fingerprint]
+    setup: str  # "active" | "passive" | "actpass"
+    candidates: Sequence[str] = ()  # "candidate:..." values
+    end_of_candidates: bool = False
+    session_id: int = field(default_factory=lambda: secrets.randbits(62))
+    session_version: int = 1
+
+
+def _matches(cap: CodecCapability, codec: RemoteCodec, kind: str) -> bool:
+    if cap.kind != kind or cap.name.lower() != codec.name.lower():
+        return False
+    if cap.clock_rate != codec.clock_rate:
+        return False
+    if cap.channels is not None and (codec.channels or 1) != cap.channels:
+        return False
+    return all(codec.parameters.get(k) == v for k, v in cap.match_params)
+
+
+def choose_codec(
+    media: RemoteMedia, caps: RouterCapabilities
+) -> tuple[RemoteCodec, CodecCapability]:
+    """The remote codec the server prefers for this m-section (raises SdpError if none fits)."""
+    best: tuple[int, int, RemoteCodec, CodecCapability] | None = None
+    for order, codec in enumerate(media.codecs):
+        for cap in caps.codecs:
+            if _matches(cap, codec, media.kind):
+                key = (cap.preference, order)
+                if best is None or key < best[:2]:
+                    best = (cap.preference, order, codec, cap)
+    if best is None:
+        offered = ", ".join(f"{c.name}/{c.clock_rate}" for c in media.codecs) or "none"
+        raise SdpError(
+            f"m-section {media.index} ({media.kind}): no supported codec (offered: {offered})"
+        )
+    return best[2], best[3]
+
+
+def answer_direction(remote: str, send: bool, recv: bool) -> str:
+    """The answer's direction given the offer's and what the server wants to do."""
+    peer_sends = remote in ("sendrecv", "sendonly")
+    peer_recvs = remote in ("sendrecv", "recvonly")
+    we_send = send and peer_recvs
+    we_recv = recv and peer_sends
+    return {
+        (True, True): "sendrecv",
+        (True, False): "sendonly",
+        (False, True): "recvonly",
+        (False, False): "inactive",
+    }[(we_send, we_recv)]
+
+
+def primary_ssrcs(media: RemoteMedia) -> tuple[int, ...]:
+    """The peer's media SSRCs, without the RTX/FEC members of its ssrc-groups."""
+    secondary = {
+        g[1][i] for g in media.ssrc_groups if g[0] in ("FID", "FEC-FR") for i in range(1, len(g[1]))
+    }
+    return tuple(s for s in media.ssrcs if s not in secondary)
+
+
+def answer_media(
+    remote: RemoteDescription,
+    *,
+    send: Callable[[RemoteMedia], bool],
+    recv: Callable[[RemoteMedia], bool],
+    caps: RouterCapabilities = DEFAULT_CAPABILITIES,
+    new_ssrc: Callable[[], int] = lambda: secrets.randbits(32) or 1,
+    stream_id: str = "sfu",
+) -> list[NegotiatedMedia]:
+    """Decide every m-section of an offer. Raises SdpError when nothing usable remains."""
+    if remote.type != "offer":
+        raise SdpError("answer_media needs an offer")
+    out: list[NegotiatedMedia] = []
+    for m in remote.media:
+        if m.kind not in ("audio", "video"):
+            out.append(_rejected(m, f"{m.kind} is not supported"))
+            continue
+        if m.port == 0:
+            out.append(_rejected(m, "rejected by the offerer"))
+            continue
+        if not m.rtcp_mux:
+            out.append(_rejected(m, "rtcp-mux is required"))
+            continue
+        if "SAVPF" not in m.protocol or "TLS" not in m.protocol:
+            out.append(_rejected(m, f"protocol {m.protocol} is not DTLS-SRTP"))
+            continue
+        if remote.bundle and m.mid not in remote.bundle:
+            out.append(_rejected(m, "not in the BUNDLE group"))
+            continue
+        try:
+            codec, cap = choose_codec(m, caps)
+        except SdpError as exc:
+            out.append(_rejected(m, str(exc)))
+            continue
+        direction = answer_direction(m.direction, send(m), recv(m))
+        allowed = set(caps.header_extensions.get(m.kind, ()))
+        ext = tuple((i, uri) for i, uri in m.extensions if uri in allowed)
+        feedback = tuple(f for f in codec.feedback if f in cap.feedback)
+        sends = direction in ("sendrecv", "sendonly")
+        out.append(
+            NegotiatedMedia(
+                index=m.index,
+                mid=m.mid,
+                kind=m.kind,
+                direction=direction,
+                codec=RemoteCodec(
+                    codec.payload_type,
+                    codec.name,
+                    codec.clock_rate,
+                    codec.channels,
+                    codec.parameters,
+                    feedback,
+                ),
+                feedback=feedback,
+                extensions=ext,
+                recv_ssrcs=primary_ssrcs(m),
+                send_ssrc=new_ssrc() if sends else None,
+                msid=f"{stream_id} {stream_id}-{m.kind}-{m.mid}" if sends else None,
+                protocol=m.protocol,
+            )
+        )
+    if all(n.rejected for n in out):
+        reasons = "; ".join(f"{n.mid}: {n.rejected_reason}" for n in out)
+        raise SdpError(f"no usable media in the offer ({reasons})")
+    return out
+
+
+def _rejected(m: RemoteMedia, reason: str) -> NegotiatedMedia:
+    return NegotiatedMedia(
+        index=m.index,
+        mid=m.mid,
+        kind=m.kind,
+        direction="inactive",
+        codec=None,
+        rejected_reason=reason,
+        protocol=m.protocol,
+    )
+
+
+def write_description(media: Sequence[NegotiatedMedia], local: LocalParameters) -> str:
+    """Render the server's SDP for ``media`` (all BUNDLEd on one transport, rtcp-mux)."""
+    accepted = [m.mid for m in media if not m.rejected]
+    lines = [
+        "v=0",
+        f"o=- {local.session_id} {local.session_version} IN IP4 0.0.0.0",
+        "s=sfu",
+        "t=0 0",
+    ]
+    if accepted:
+        lines.append("a=group:BUNDLE " + " ".join(accepted))
+    lines.append("a=msid-semantic: WMS *")
+    first = True
+    for m in media:
+        if m.rejected:
+            fmt = "webrtc-datachannel" if m.kind == "application" else "0"
+            lines += [
+                f"m={m.kind} 0 {m.protocol} {fmt}",
+                "c=IN IP4 0.0.0.0",
+                f"a=mid:{m.mid}",
+                "a=inactive",
+            ]
+            continue
+        assert m.codec is not None
+        c = m.codec
+        lines += [
+            f"m={m.kind} 9 UDP/TLS/RTP/SAVPF {c.payload_type}",
+            "c=IN IP4 0.0.0.0",
+            "a=rtcp:9 IN IP4 0.0.0.0",
+            f"a=ice-ufrag:{local.ice_ufrag}",
+            f"a=ice-pwd:{local.ice_pwd}",
+            "a=ice-options:trickle",
+        ]
+        lines += [f"a=fingerprint:{fp.algorithm} {fp.value}" for fp in local.fingerprints]
+        lines += [f"a=setup:{local.setup}", f"a=mid:{m.mid}"]
+        lines += [f"a=extmap:{i} {uri}" for i, uri in m.extensions]
+        lines.append(f"a={m.direction}")
+        if m.msid:
+            lines.append(f"a=msid:{m.msid}")
+        lines.append("a=rtcp-mux")
+        rtpmap = f"{c.name}/{c.clock_rate}" + (
+            f"/{c.channels}" if c.channels and c.channels > 1 else ""
+        )
+        lines.append(f"a=rtpmap:{c.payload_type} {rtpmap}")
+        lines += [f"a=rtcp-fb:{c.payload_type} {fb}" for fb in m.feedback]
+        if c.parameters:
+            params = ";".join(f"{k}={v}" for k, v in c.parameters.items())
+            lines.append(f"a=fmtp:{c.payload_type} {params}")
+        if m.send_ssrc is not None:
+            lines.append(f"a=ssrc:{m.send_ssrc} cname:{m.cname}")
+            if m.msid:
+                lines.append(f"a=ssrc:{m.send_ssrc} msid:{m.msid}")
+        if first:
+            lines += [f"a={cand}" for cand in local.candidates]
+            if local.end_of_candidates:
+                lines.append("a=end-of-candidates")
+            first = False
+    return "\r\n".join(lines) + "\r\n"

@@ -1,0 +1,238 @@
+"""`sfu serve`: HTTP + WebSocket signaling on one TCP port, media on one UDP port, state in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import ssl
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from sfu.apps.echotest import EchoTest
+from sfu.config import Config, MediaMode
+from sfu.dtls.certificate import Certificate
+from sfu.engine.base import Engine
+from sfu.ice.agent import IceConfig
+from sfu.signaling.connection import Core, SignalingConnection
+from sfu.webrtc.server import MediaSettings, WebRtcServer
+from sfu.webrtc.transport import TransportConfig
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    listen: Sequence[tuple[str, int]] = (("0.0.0.0", 8080),)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    web_dir: Path = WEB_DIR
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    http: HttpSettings = field(default_factory=HttpSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    max_frame_bytes: int = 256 * 1024
+    max_sessions: int = 10000
+
+
+def settings_from_config(config: Config) -> ServerSettings:
+    """Map the validated configuration onto what the server's parts take."""
+    http = HttpSettings(
+        listen=tuple((hp.host, hp.port) for hp in config.http.listen),
+        tls_cert=str(config.http.tls_cert) if config.http.tls_cert else None,
+        tls_key=str(config.http.tls_key) if config.http.tls_key else None,
+        web_dir=config.http.static_dir or WEB_DIR,
+    )
+    ice = IceConfig(
+        early_checks=config.ice.early_checks,
+        consent_timeout=config.ice.consent_timeout,
+        failure_timeout=config.ice.failure_timeout,
+    )
+    transport = TransportConfig(
+        early_checks=config.ice.early_checks,
+        withhold_timeout=config.ice.withhold_timeout_ms / 1000.0,
+        ice=ice,
+    )
+    return ServerSettings(
+        http=http,
+        media=MediaSettings.from_config(config),
+        transport=transport,
+        max_frame_bytes=config.limits.max_ws_message_bytes,
+        max_sessions=config.limits.max_sessions or 1_000_000,
+    )
+
+
+def run(config: Config) -> Coroutine[Any, Any, None]:
+    """Entry point of `sfu serve` (the CLI runs the returned coroutine)."""
+    if config.media.mode is not MediaMode.SINGLE_PORT:
+        raise SystemExit(
+            "sfu serve: port-range media mode is not implemented yet; use the single port"
+        )
+    return serve_forever(settings_from_config(config))
+
+
+def make_engine() -> Engine:
+    """The Cython engine when built, else the reference engine."""
+    from sfu.engine.pyengine import PyEngine
+
+    return PyEngine()
+
+
+class SfuServer:
+    """The whole server: build with settings, ``await start()``, ``await stop()``."""
+
+    def __init__(self, settings: ServerSettings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine()
+        self.webrtc = WebRtcServer(self.engine, settings.media)
+        self.core = Core(
+            server=self.webrtc,
+            certificate=Certificate.generate(),
+            transport_config=settings.transport,
+            applications={"echotest": EchoTest()},
+            max_frame_bytes=settings.max_frame_bytes,
+            max_handles=settings.max_sessions,
+        )
+        self.app = self._build_app()
+        self._runner: web.AppRunner | None = None
+        self.http_addresses: list[tuple[str, int]] = []
+        self._connections: set[web.WebSocketResponse] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.webrtc.open()
+        self.webrtc.start()
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        ssl_ctx = None
+        if self.settings.http.tls_cert:
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(self.settings.http.tls_cert, self.settings.http.tls_key)
+        for host, port in self.settings.http.listen:
+            site = web.TCPSite(self._runner, host, port, ssl_context=ssl_ctx)
+            await site.start()
+            server = getattr(site, "_server", None)
+            for sock in getattr(server, "sockets", []) or []:
+                name = sock.getsockname()
+                self.http_addresses.append((name[0], name[1]))
+        log.info(
+            "sfu serving HTTP%s on %s, media UDP on %s",
+            "S" if ssl_ctx else "",
+            ", ".join(f"{h}:{p}" for h, p in self.http_addresses),
+            ", ".join(f"{h}:{p}" for h, p in self.webrtc.local_addresses),
+        )
+
+    async def stop(self) -> None:
+        for ws in list(self._connections):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.webrtc.close()
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 20)
+        app.router.add_get("/ws", self._ws)
+        app.router.add_get("/healthz", self._health)
+        app.router.add_get("/api/sessions", self._sessions)
+        app.router.add_get("/api/sessions/{handle}/stats", self._session_stats)
+        web_dir = self.settings.http.web_dir
+        if web_dir.is_dir():
+            app.router.add_get("/", self._index)
+            app.router.add_static("/", web_dir, show_index=False)
+        return app
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(self.settings.http.web_dir / "index.html")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "sessions": len(self.core.handles)})
+
+    async def _sessions(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "sessions": [
+                    {"handle": hid, "app": type(h).__name__} for hid, h in self.core.handles.items()
+                ]
+            }
+        )
+
+    async def _session_stats(self, request: web.Request) -> web.Response:
+        hid = request.match_info["handle"]
+        handle = self.core.handles.get(hid)
+        if handle is None:
+            return web.json_response({"error": f"no session '{hid[:64]}'"}, status=404)
+        return web.json_response(handle.stats(), dumps=_dumps)
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=self.settings.max_frame_bytes)
+        await ws.prepare(request)
+        self._connections.add(ws)
+        loop = asyncio.get_running_loop()
+
+        tasks: set[asyncio.Task[None]] = set()
+
+        def send(frame: dict[str, Any]) -> None:
+            if not ws.closed:
+                task = loop.create_task(_safe_send(ws, frame))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        conn = SignalingConnection(self.core, send, loop)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    reply = await conn.handle_text(msg.data)
+                    await _safe_send(ws, reply)
+                elif msg.type == WSMsgType.BINARY:
+                    await _safe_send(
+                        ws,
+                        {
+                            "type": "error",
+                            "id": None,
+                            "code": 400,
+                            "reason": "binary frames are not accepted",
+                        },
+                    )
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            conn.close()
+            self._connections.discard(ws)
+        return ws
+
+
+async def _safe_send(ws: web.WebSocketResponse, frame: dict[str, Any]) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_str(_dumps(frame))
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+async def serve_forever(settings: ServerSettings) -> None:
+    server = SfuServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

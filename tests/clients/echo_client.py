@@ -1,0 +1,137 @@
+"""An aiortc echo-test client, run as a script (often inside a network namespace).
+
+usage: python echo_client.py WS_URL [--seconds N] [--frames N] [--no-audio] [--trickle]
+
+Connects to the server's signaling WebSocket, attaches the echo test, offers audio and video
+(aiortc's synthetic tracks), and counts the frames it gets back decoded. Prints one JSON object:
+{"ok": bool, "video_frames": n, "audio_frames": n, "ice_state": ..., "answer_to_connected": s,
+ "candidates_in_answer": n, "trickled": n, "error": ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+
+async def run(url: str, seconds: float, want_frames: int, audio: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {"ok": False, "video_frames": 0, "audio_frames": 0, "trickled": 0}
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(VideoStreamTrack())
+    if audio:
+        pc.addTrack(AudioStreamTrack())
+    done = asyncio.Event()
+    connected_at: list[float] = []
+
+    async def consume(track: Any, key: str) -> None:
+        while True:
+            try:
+                await track.recv()
+            except Exception:
+                return
+            result[key] += 1
+            if result["video_frames"] >= want_frames and (
+                not audio or result["audio_frames"] >= want_frames
+            ):
+                done.set()
+
+    consumers: list[asyncio.Future[None]] = []
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        consumers.append(asyncio.ensure_future(consume(track, f"{track.kind}_frames")))
+
+    @pc.on("iceconnectionstatechange")
+    def on_ice() -> None:
+        result["ice_state"] = pc.iceConnectionState
+        if pc.iceConnectionState in ("connected", "completed") and not connected_at:
+            connected_at.append(time.monotonic())
+
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        ids = iter(range(1, 1_000_000))
+        pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+
+        async def request(frame: dict[str, Any]) -> dict[str, Any]:
+            rid = next(ids)
+            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            pending[rid] = fut
+            await ws.send_str(json.dumps({**frame, "id": rid}))
+            reply = await asyncio.wait_for(fut, 10)
+            if reply["type"] == "error":
+                raise RuntimeError(f"{frame['type']}: {reply['code']} {reply['reason']}")
+            return reply["data"]
+
+        async def reader() -> None:
+            async for msg in ws:
+                frame = json.loads(msg.data)
+                if frame["type"] in ("ack", "error") and frame.get("id") in pending:
+                    pending.pop(frame["id"]).set_result(frame)
+                elif frame["type"] == "event" and frame["event"] == "candidate":
+                    c = frame["candidate"]
+                    result["trickled"] += 1
+                    if c is None:
+                        await pc.addIceCandidate(None)  # type: ignore[arg-type]
+                    else:
+                        cand: RTCIceCandidate = candidate_from_sdp(c["candidate"].split(":", 1)[1])
+                        cand.sdpMid = c.get("sdpMid")
+                        cand.sdpMLineIndex = c.get("sdpMLineIndex")
+                        await pc.addIceCandidate(cand)
+                elif frame["type"] == "event" and frame["event"] == "hangup":
+                    result["hangup"] = frame.get("reason")
+
+        read_task = asyncio.ensure_future(reader())
+        try:
+            handle = (await request({"type": "attach", "app": "echotest"}))["handle"]
+            await pc.setLocalDescription(await pc.createOffer())
+            answer = await request(
+                {"type": "offer", "handle": handle, "sdp": pc.localDescription.sdp}
+            )
+            result["candidates_in_answer"] = answer["sdp"].count("a=candidate:")
+            answered = time.monotonic()
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            try:
+                await asyncio.wait_for(done.wait(), seconds)
+            except TimeoutError:
+                result["error"] = "timed out waiting for echoed frames"
+            if connected_at:
+                result["answer_to_connected"] = round(connected_at[0] - answered, 4)
+            stats = await request({"type": "message", "handle": handle, "body": {"video": True}})
+            result["message_reply"] = stats
+            result["handle"] = handle
+            stats_url = (
+                url.replace("ws", "http", 1).rsplit("/ws", 1)[0] + f"/api/sessions/{handle}/stats"
+            )
+            async with http.get(stats_url) as resp:
+                result["server_stats"] = await resp.json()
+            result["ok"] = done.is_set()
+        except Exception as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            await pc.close()
+            read_task.cancel()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("url")
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--no-audio", action="store_true")
+    args = ap.parse_args()
+    res = asyncio.run(run(args.url, args.seconds, args.frames, not args.no_audio))
+    print(json.dumps(res), flush=True)
+    sys.exit(0 if res["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
