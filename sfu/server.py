@@ -9,7 +9,7 @@ import logging
 import signal
 import ssl
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,7 @@ class SfuServer:
         app = web.Application(client_max_size=1 << 20)
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/healthz", self._health)
+        app.router.add_get("/api/stats", self._stats)
         app.router.add_get("/api/sessions", self._sessions)
         app.router.add_get("/api/sessions/{handle}/stats", self._session_stats)
         web_dir = self.settings.http.web_dir
@@ -160,6 +161,20 @@ class SfuServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "sessions": len(self.core.handles)})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        """Server-wide counters: what was received, routed, dropped, and why."""
+        return web.json_response(
+            {
+                "engine": type(self.engine).__name__,
+                "engine_counters": asdict(self.engine.stats()),
+                "mux": asdict(self.webrtc.counters),
+                "transports": len(self.webrtc.transports),
+                "sessions": len(self.core.handles),
+                "ice_rejected": self.webrtc.counters.ice_rejected_closed
+                + sum(t.ice_rejected() for t in self.webrtc.transports),
+            }
+        )
 
     async def _sessions(self, request: web.Request) -> web.Response:
         return web.json_response(

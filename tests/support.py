@@ -120,3 +120,15 @@ def run_json(ns: str | None, argv: list[str], timeout: float = 60.0) -> dict[str
     result: dict[str, object] = json.loads(lines[-1])
     result["_stderr"] = out.stderr[-4000:]
     return result
+
+
+def http_get_json(ns: str | None, url: str) -> dict[str, object]:
+    """GET a JSON document from inside a namespace."""
+    code = f"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+    out = subprocess.run(
+        in_ns(ns, [sys.executable, "-c", code]), capture_output=True, text=True, timeout=30
+    )
+    if out.returncode != 0:
+        raise AssertionError(f"GET {url} failed: {out.stderr}")
+    result: dict[str, object] = json.loads(out.stdout)
+    return result

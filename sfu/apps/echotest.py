@@ -61,8 +61,8 @@ class EchoTestHandle(AppHandle):
             on_connected=self._on_connected,
             on_closed=self._on_closed,
         )
-        self.peer = peer
         answer = peer.accept_offer(sdp, send=lambda m: True, recv=lambda m: True)
+        self.peer = peer  # only once accepted: a refused offer leaves no state behind
         self._setup_routes()
         return answer
 

@@ -33,7 +33,7 @@ from .candidate import (
     is_ip_address,
     is_mdns_name,
 )
-from .checklist import CandidatePair, PairState, pair_priority
+from .checklist import CandidatePair, PairState, explain_pairs, pair_priority
 from .events import (
     ConsentExpired,
     FirstCheckSent,
@@ -977,42 +977,4 @@ class IceAgent:
             return "no remote candidates" + ignored
         if not self._pairs:
             return "no candidate pairs (no common address family)" + ignored
-        answered = [p for p in self._pairs if p.responses_received]
-        asked = [p for p in self._pairs if p.requests_received]
-        odd = [p for p in self._pairs if p.unexpected_sources]
-        errors: Counter[int] = Counter()
-        for p in self._pairs:
-            errors.update(p.errors)
-        parts: list[str] = []
-        if odd:
-            p = odd[0]
-            srcs = ", ".join(format_addr(a) for a in p.unexpected_sources)
-            parts.append(
-                f"answer from unexpected address {srcs} to check sent to "
-                f"{format_addr(p.remote_addr)} (the peer's NAT remapped its port?)"
-            )
-        if asked and not answered:
-            srcs = ", ".join(format_addr(p.remote_addr) for p in asked)
-            text = f"checks from {srcs} arrived, our answers never acknowledged"
-            retrans = sum(p.requests_retransmitted for p in asked)
-            if retrans:
-                text += f" (the peer retransmitted {retrans} times)"
-            if not odd and any(p.checks_sent for p in self._pairs):
-                text += ", and our checks were never answered"
-            parts.append(text)
-        elif not answered and not odd and any(p.checks_sent for p in self._pairs):
-            targets = {p.remote_addr for p in self._pairs if p.checks_sent}
-            parts.append(f"checks sent to {len(targets)} remote address(es), never answered")
-        if errors:
-            parts.append(
-                "peer answered with errors "
-                + ", ".join(f"{code} x{n}" for code, n in sorted(errors.items()))
-            )
-        if answered and not parts:
-            if self.role == IceRole.CONTROLLED:
-                parts.append(f"{len(answered)} valid pair(s), none nominated by the peer yet")
-            else:
-                parts.append(f"{len(answered)} valid pair(s), nomination in progress")
-        if not parts:
-            parts.append("checks not sent yet")
-        return "; ".join(parts) + ignored
+        return explain_pairs(self._pairs, self.role == IceRole.CONTROLLED) + ignored

@@ -9,7 +9,7 @@ from enum import Enum
 
 from .candidate import Candidate, format_addr
 
-__all__ = ["CandidatePair", "PairState", "pair_priority"]
+__all__ = ["CandidatePair", "PairState", "explain_pairs", "pair_priority"]
 
 
 class PairState(Enum):
@@ -104,3 +104,42 @@ class CandidatePair:
             "unexpected_sources": {format_addr(a): n for a, n in self.unexpected_sources.items()},
             "errors": dict(self.errors),
         }
+
+
+def explain_pairs(pairs: list[CandidatePair], controlled: bool) -> str:
+    """Why none of ``pairs`` is selected, from what was seen on the wire (for diagnose())."""
+    answered = [p for p in pairs if p.responses_received]
+    asked = [p for p in pairs if p.requests_received]
+    odd = [p for p in pairs if p.unexpected_sources]
+    sent = any(p.checks_sent for p in pairs)
+    errors: Counter[int] = Counter()
+    for p in pairs:
+        errors.update(p.errors)
+    parts: list[str] = []
+    if odd:
+        srcs = ", ".join(format_addr(a) for a in odd[0].unexpected_sources)
+        parts.append(
+            f"answer from unexpected address {srcs} to check sent to "
+            f"{format_addr(odd[0].remote_addr)} (the peer's NAT remapped its port?)"
+        )
+    if asked and not answered:
+        srcs = ", ".join(format_addr(p.remote_addr) for p in asked)
+        text = f"checks from {srcs} arrived, our answers never acknowledged"
+        retransmitted = sum(p.requests_retransmitted for p in asked)
+        if retransmitted:
+            text += f" (the peer retransmitted {retransmitted} times)"
+        if sent and not odd and not errors:
+            text += ", and our checks were never answered"
+        parts.append(text)
+    elif sent and not answered and not odd and not errors:
+        targets = {p.remote_addr for p in pairs if p.checks_sent}
+        parts.append(f"checks sent to {len(targets)} remote address(es), never answered")
+    if errors:
+        codes = ", ".join(f"{code} x{n}" for code, n in sorted(errors.items()))
+        parts.append(f"the peer answered our checks with errors {codes} (wrong credentials?)")
+    if answered and not parts:
+        if controlled:
+            parts.append(f"{len(answered)} valid pair(s), none nominated by the peer yet")
+        else:
+            parts.append(f"{len(answered)} valid pair(s), nomination in progress")
+    return "; ".join(parts) or "checks not sent yet"

@@ -48,6 +48,7 @@ class ServerCounters:
     dropped_unroutable: int = 0
     stun_unknown_ufrag: int = 0
     routed: int = 0
+    ice_rejected_closed: int = 0  # STUN refused by agents of transports since closed
 
 
 @dataclass
@@ -212,7 +213,8 @@ class WebRtcServer:
         self._by_ufrag[transport.ice_ufrag] = transport
 
     def unregister(self, transport: WebRtcTransport) -> None:
-        self._by_id.pop(transport.id, None)
+        if self._by_id.pop(transport.id, None) is not None:
+            self.counters.ice_rejected_closed += transport.ice_rejected()
         if self._by_ufrag.get(transport.ice_ufrag) is transport:
             del self._by_ufrag[transport.ice_ufrag]
         for key in [k for k, t in self._bound.items() if t is transport]:

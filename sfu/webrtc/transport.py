@@ -38,6 +38,16 @@ from sfu.ice.events import (
 log = logging.getLogger(__name__)
 
 
+_REJECTED_PREFIXES = (
+    "unauthorized",
+    "bad requests",
+    "requests without fingerprint",
+    "malformed stun",
+    "not stun",
+    "responses failing integrity",
+)
+
+
 class TransportState(enum.Enum):
     NEW = "new"
     CONNECTING = "connecting"
@@ -172,7 +182,7 @@ class WebRtcTransport:
         else:  # actpass: we are answering and choose active
             self._dtls_role = DtlsRole.CLIENT
         now = self._clock()
-        self.ice.set_remote_credentials(ufrag, pwd)
+        self.ice.set_remote_credentials(ufrag, pwd, now)
         if not self._started:
             self._started = True
             self.state = TransportState.CONNECTING
@@ -228,6 +238,12 @@ class WebRtcTransport:
             "connected_after": (self.connected_at - self.created_at) if self.connected_at else None,
             "media": _transport_stats_json(s),
         }
+
+    def ice_rejected(self) -> int:
+        """STUN this transport's agent refused (bad integrity, username, fingerprint, malformed)."""
+        counters = self.ice.stats().get("counters", {})
+        assert isinstance(counters, dict)
+        return sum(n for k, n in counters.items() if k.startswith(_REJECTED_PREFIXES))
 
     # -- engine input -----------------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
+import subprocess
 import sys
 import time
 from typing import Any
@@ -23,13 +25,21 @@ from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 
-async def run(url: str, seconds: float, want_frames: int, audio: bool) -> dict[str, Any]:
+async def run(
+    url: str,
+    seconds: float,
+    want_frames: int,
+    audio: bool,
+    bad_fingerprint: bool = False,
+    vanish: bool = False,
+) -> dict[str, Any]:
     result: dict[str, Any] = {"ok": False, "video_frames": 0, "audio_frames": 0, "trickled": 0}
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTrack(VideoStreamTrack())
     if audio:
         pc.addTrack(AudioStreamTrack())
     done = asyncio.Event()
+    hangup = asyncio.Event()
     connected_at: list[float] = []
 
     async def consume(track: Any, key: str) -> None:
@@ -87,23 +97,38 @@ async def run(url: str, seconds: float, want_frames: int, audio: bool) -> dict[s
                         await pc.addIceCandidate(cand)
                 elif frame["type"] == "event" and frame["event"] == "hangup":
                     result["hangup"] = frame.get("reason")
+                    hangup.set()
 
         read_task = asyncio.ensure_future(reader())
         try:
             handle = (await request({"type": "attach", "app": "echotest"}))["handle"]
             await pc.setLocalDescription(await pc.createOffer())
-            answer = await request(
-                {"type": "offer", "handle": handle, "sdp": pc.localDescription.sdp}
-            )
+            offer = pc.localDescription.sdp
+            if bad_fingerprint:  # announce a certificate we do not have: DTLS must fail
+                offer = re.sub(r"(a=fingerprint:\S+ )[0-9A-F:]{5}", r"\g<1>00:00", offer)
+            answer = await request({"type": "offer", "handle": handle, "sdp": offer})
             result["candidates_in_answer"] = answer["sdp"].count("a=candidate:")
             answered = time.monotonic()
             await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            if bad_fingerprint:
+                await asyncio.wait_for(hangup.wait(), 30)
+                result["ok"] = not done.is_set()
+                return result
             try:
                 await asyncio.wait_for(done.wait(), seconds)
             except TimeoutError:
                 result["error"] = "timed out waiting for echoed frames"
             if connected_at:
                 result["answer_to_connected"] = round(connected_at[0] - answered, 4)
+            if vanish and done.is_set():
+                # drop every UDP packet of this namespace: to the server, the peer is gone
+                for chain in ("INPUT", "OUTPUT"):
+                    subprocess.run(["iptables", "-I", chain, "-p", "udp", "-j", "DROP"], check=True)
+                gone = time.monotonic()
+                await asyncio.wait_for(hangup.wait(), 60)
+                result["vanish_to_hangup"] = round(time.monotonic() - gone, 2)
+                result["ok"] = True
+                return result
             stats = await request({"type": "message", "handle": handle, "body": {"video": True}})
             result["message_reply"] = stats
             result["handle"] = handle
@@ -127,8 +152,23 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--no-audio", action="store_true")
+    ap.add_argument(
+        "--bad-fingerprint", action="store_true", help="announce a wrong DTLS fingerprint"
+    )
+    ap.add_argument(
+        "--vanish", action="store_true", help="after the echo works, drop all UDP (root, own netns)"
+    )
     args = ap.parse_args()
-    res = asyncio.run(run(args.url, args.seconds, args.frames, not args.no_audio))
+    res = asyncio.run(
+        run(
+            args.url,
+            args.seconds,
+            args.frames,
+            not args.no_audio,
+            args.bad_fingerprint,
+            args.vanish,
+        )
+    )
     print(json.dumps(res), flush=True)
     sys.exit(0 if res["ok"] else 1)
 
