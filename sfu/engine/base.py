@@ -57,9 +57,18 @@ class ControlPacket:
 
     kind: ControlKind
     socket_id: int
-    addr: Addr
+    addr: Addr  # the peer (for relayed data: the peer's address as the TURN server saw it)
     data: bytes
     transport_id: int = 0  # 0 when the 5-tuple is not bound to a transport
+    relay: Addr | None = None  # set when the datagram came unwrapped from a TURN channel via this server
+
+
+@dataclass(frozen=True, slots=True)
+class RelayPath:
+    """Media toward a peer that goes through a TURN server as ChannelData on ``channel``."""
+
+    server: Addr
+    channel: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +179,22 @@ class Engine(Protocol):
         """Datagrams arriving on ``socket_id`` from ``addr`` belong to ``transport_id``."""
         ...
 
-    def set_destination(self, transport_id: int, socket_id: int, addr: Addr) -> None:
-        """Media for ``transport_id`` leaves from ``socket_id`` toward ``addr`` (the selected pair)."""
+    def set_destination(
+        self, transport_id: int, socket_id: int, addr: Addr, relay: RelayPath | None = None
+    ) -> None:
+        """Media for ``transport_id`` leaves from ``socket_id`` toward ``addr`` (the selected pair).
+
+        With ``relay``, each packet is wrapped as TURN ChannelData and sent to ``relay.server``.
+        """
         ...
+
+    def bind_channel(self, socket_id: int, server: Addr, channel: int, peer: Addr) -> None:
+        """ChannelData arriving on ``socket_id`` from ``server`` on ``channel`` is unwrapped and
+        handled as if it came from ``peer`` (bindings and routing use ``(socket_id, peer)``,
+        control packets carry ``relay=server``)."""
+        ...
+
+    def unbind_channel(self, socket_id: int, server: Addr, channel: int) -> None: ...
 
     def set_srtp(self, transport_id: int, params: SrtpParameters) -> None: ...
 
