@@ -1,0 +1,39 @@
+"""The echo test with a real browser: headless Chromium (fake camera) gets its own video back."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.browser.harness import chromium, echo_stats, echo_url, needs_chromium, wait_for
+from tests.support import link, need_netns, netns, sfu_process
+
+pytestmark = [pytest.mark.browser, pytest.mark.netns, pytest.mark.slow, needs_chromium()]
+
+
+async def test_chromium_echo_across_two_namespaces() -> None:
+    need_netns()
+    base = "http://198.51.100.1:8080"
+    with netns("srv") as srv, netns("cli") as cli:
+        link(srv, "198.51.100.1/24", cli, "198.51.100.2/24")
+        with sfu_process(srv, "--http-listen", "0.0.0.0:8080", "--media-port", "40000"):
+            async with chromium(netns=cli, page_host=base) as browser:
+                page = await browser.open(echo_url(base))
+                await page.click("#start")
+                await wait_for(page, "window.sfuDemo.state === 'connected'", timeout=15)
+                await wait_for(
+                    page,
+                    "async () => (await window.sfuDemo.stats()).inbound.video?.framesDecoded > 30",
+                    timeout=20,
+                )
+                stats = await echo_stats(page)
+                assert stats.frames_decoded > 30
+                pair = stats.selected_pair
+                assert pair is not None
+                assert pair["remote"]["address"] == "198.51.100.1"
+                assert pair["remote"]["port"] == 40000
+                # the echo controls reach the server and are acknowledged
+                reply = await page.evaluate("sfuDemo.setBitrate(256000)")
+                assert reply["bitrate"] == 256000
+                reply = await page.evaluate("sfuDemo.setAudio(false)")
+                assert reply["audio"] is False
+                assert browser.errors == []
