@@ -56,8 +56,9 @@ def link(ns_a: str, cidr_a: str, ns_b: str, cidr_b: str) -> None:
     tag = secrets.token_hex(3)
     a, b = f"va{tag}", f"vb{tag}"
     ip("link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b)
-    ip("-n", ns_a, "addr", "add", cidr_a, "dev", a)
-    ip("-n", ns_b, "addr", "add", cidr_b, "dev", b)
+    for ns, cidr, dev in ((ns_a, cidr_a, a), (ns_b, cidr_b, b)):
+        extra = ["nodad"] if ":" in cidr else []  # an IPv6 address is usable at once
+        ip("-n", ns, "addr", "add", cidr, "dev", dev, *extra)
     ip("-n", ns_a, "link", "set", a, "up")
     ip("-n", ns_b, "link", "set", b, "up")
 

@@ -55,23 +55,43 @@ class EchoTestHandle(AppHandle):
     async def on_offer(self, sdp: str) -> str:
         if self.peer is not None and not self.peer.closed:
             raise AppError(409, "a PeerConnection is already up: hang up first")
-        peer = Peer(
-            self.ctx,
-            on_rtcp=self._on_rtcp,
-            on_connected=self._on_connected,
-            on_closed=self._on_closed,
-        )
+        peer = self._new_peer()
         answer = peer.accept_offer(sdp, send=lambda m: True, recv=lambda m: True)
         self.peer = peer  # only once accepted: a refused offer leaves no state behind
         self._setup_routes()
         return answer
+
+    async def _server_offer(self) -> dict[str, Any]:
+        """An extension over Janus's echo test: the server offers, the client answers."""
+        if self.peer is not None and not self.peer.closed:
+            raise AppError(409, "a PeerConnection is already up: hang up first")
+        peer = self._new_peer()
+        offer = peer.create_offer(["audio", "video"])
+        self.peer = peer
+        return {"result": "ok", "type": "offer", "sdp": offer}
+
+    async def on_answer(self, sdp: str) -> None:
+        if self.peer is None or self.peer.closed:
+            raise AppError(409, 'no offer is pending: send {"offer": true} first')
+        self.peer.accept_answer(sdp)
+        self._setup_routes()
 
     def on_candidate(self, candidate: dict[str, Any] | None) -> None:
         if self.peer is None:
             raise AppError(409, "a candidate arrived before the offer")
         self.peer.add_remote_candidate(candidate)
 
+    def _new_peer(self) -> Peer:
+        return Peer(
+            self.ctx,
+            on_rtcp=self._on_rtcp,
+            on_connected=self._on_connected,
+            on_closed=self._on_closed,
+        )
+
     async def on_message(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("offer") is True and set(body) == {"offer"}:
+            return await self._server_offer()
         known = {"audio", "video", "bitrate"}
         unknown = set(body) - known
         if unknown:

@@ -239,3 +239,120 @@ def write_description(media: Sequence[NegotiatedMedia], local: LocalParameters) 
                 lines.append("a=end-of-candidates")
             first = False
     return "\r\n".join(lines) + "\r\n"
+
+
+# -- the server offers ------------------------------------------------------------------------------
+
+# Payload types and header extension ids the server uses in its own offers (one codec per kind).
+OFFER_CODECS: dict[str, RemoteCodec] = {
+    "audio": RemoteCodec(111, "opus", 48000, 2, {"minptime": "10", "useinbandfec": "1"}, ()),
+    "video": RemoteCodec(96, "VP8", 90000, None, {}, ("nack", "nack pli", "ccm fir", "goog-remb")),
+}
+OFFER_EXTENSIONS: dict[str, tuple[tuple[int, str], ...]] = {
+    "audio": (
+        (1, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+        (2, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+    ),
+    "video": (
+        (1, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+        (3, "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+    ),
+}
+
+
+def offer_media(
+    kinds: Sequence[str],
+    *,
+    direction: str = "sendrecv",
+    new_ssrc: Callable[[], int] = lambda: secrets.randbits(32) or 1,
+    stream_id: str = "sfu",
+) -> list[NegotiatedMedia]:
+    """The m-sections of a server offer: one per kind, mids "0", "1", ..."""
+    out = []
+    for index, kind in enumerate(kinds):
+        if kind not in OFFER_CODECS:
+            raise ValueError(f"cannot offer {kind!r}")
+        codec = OFFER_CODECS[kind]
+        sends = direction in ("sendrecv", "sendonly")
+        out.append(
+            NegotiatedMedia(
+                index=index,
+                mid=str(index),
+                kind=kind,
+                direction=direction,
+                codec=codec,
+                feedback=codec.feedback,
+                extensions=OFFER_EXTENSIONS[kind],
+                send_ssrc=new_ssrc() if sends else None,
+                msid=f"{stream_id} {stream_id}-{kind}-{index}" if sends else None,
+            )
+        )
+    return out
+
+
+_REVERSE = {
+    "sendrecv": "sendrecv",
+    "sendonly": "recvonly",
+    "recvonly": "sendonly",
+    "inactive": "inactive",
+}
+
+
+def apply_answer(
+    offered: Sequence[NegotiatedMedia], remote: RemoteDescription
+) -> list[NegotiatedMedia]:
+    """Check an answer against what the server offered; fill in the peer's SSRCs and directions."""
+    if remote.type != "answer":
+        raise SdpError("apply_answer needs an answer")
+    if len(remote.media) != len(offered):
+        raise SdpError(
+            f"the answer has {len(remote.media)} m-sections, the offer had {len(offered)}"
+        )
+    out: list[NegotiatedMedia] = []
+    for ours, theirs in zip(offered, remote.media, strict=True):
+        if theirs.kind != ours.kind or theirs.mid != ours.mid:
+            raise SdpError(
+                f"m-section {ours.index}: answer has {theirs.kind}/{theirs.mid}, offer {ours.kind}/{ours.mid}"
+            )
+        if ours.codec is None or theirs.port == 0:
+            out.append(_rejected(theirs, "rejected by the answerer"))
+            continue
+        if not any(c.payload_type == ours.codec.payload_type for c in theirs.codecs):
+            raise SdpError(f"m-section {ours.index}: the answer does not accept {ours.codec.name}")
+        if not theirs.rtcp_mux:
+            raise SdpError(f"m-section {ours.index}: rtcp-mux is required")
+        theirs_dir = theirs.direction
+        # what we may do is the intersection of what we offered and the reverse of their answer
+        allowed = {
+            "sendrecv": {"send", "recv"},
+            "sendonly": {"send"},
+            "recvonly": {"recv"},
+            "inactive": set(),
+        }
+        ours_can = allowed[ours.direction] & allowed[_REVERSE[theirs_dir]]
+        direction = {
+            frozenset({"send", "recv"}): "sendrecv",
+            frozenset({"send"}): "sendonly",
+            frozenset({"recv"}): "recvonly",
+            frozenset(): "inactive",
+        }[frozenset(ours_can)]
+        out.append(
+            NegotiatedMedia(
+                index=ours.index,
+                mid=ours.mid,
+                kind=ours.kind,
+                direction=direction,
+                codec=ours.codec,
+                feedback=tuple(
+                    f for f in ours.feedback if any(f in c.feedback for c in theirs.codecs)
+                ),
+                extensions=ours.extensions,
+                recv_ssrcs=primary_ssrcs(theirs) if "recv" in ours_can else (),
+                send_ssrc=ours.send_ssrc if "send" in ours_can else None,
+                msid=ours.msid,
+                protocol=ours.protocol,
+            )
+        )
+    if all(m.rejected for m in out):
+        raise SdpError("the answer rejected every m-section")
+    return out

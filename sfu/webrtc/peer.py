@@ -29,7 +29,14 @@ from sfu.rtp.rtcp import (
     rtt_from_report,
 )
 from sfu.sdp.description import RemoteDescription, RemoteMedia, SdpError, parse_description
-from sfu.sdp.negotiate import LocalParameters, NegotiatedMedia, answer_media, write_description
+from sfu.sdp.negotiate import (
+    LocalParameters,
+    NegotiatedMedia,
+    answer_media,
+    apply_answer,
+    offer_media,
+    write_description,
+)
 from sfu.webrtc.transport import (
     IceStateEvent,
     LocalCandidate,
@@ -68,6 +75,7 @@ class Peer:
         self._clock_rates: dict[int, int] = {}
         self.rtt: float | None = None
         self.closed = False
+        self._offered: list[NegotiatedMedia] | None = None
 
     # -- negotiation ------------------------------------------------------------------------------
 
@@ -78,6 +86,7 @@ class Peer:
         send: Callable[[RemoteMedia], bool],
         recv: Callable[[RemoteMedia], bool],
     ) -> str:
+        """The peer offers: negotiate, start ICE (controlled), return the answer."""
         if self.transport is not None:
             raise AppError(409, "renegotiation is not supported yet: hang up first")
         try:
@@ -86,6 +95,33 @@ class Peer:
         except SdpError as exc:
             raise AppError(422, str(exc)) from None
         self.remote, self.media = remote, media
+        transport = self._new_transport(IceRole.CONTROLLED)
+        self._apply_remote(remote)
+        return self._build_sdp(transport)
+
+    def create_offer(self, kinds: list[str], direction: str = "sendrecv") -> str:
+        """The server offers (ICE controlling, DTLS actpass); candidates stay withheld until the
+        peer's answer or trickle reveals where to send first."""
+        if self.transport is not None:
+            raise AppError(409, "renegotiation is not supported yet: hang up first")
+        self.media = offer_media(kinds, direction=direction)
+        self._offered = list(self.media)
+        transport = self._new_transport(IceRole.CONTROLLING)
+        transport.reveal_if_not_withholding()
+        return self._build_sdp(transport)
+
+    def accept_answer(self, sdp: str) -> None:
+        if self.transport is None or self._offered is None or self.remote is not None:
+            raise AppError(409, "no server offer is waiting for an answer")
+        try:
+            remote = parse_description(sdp, "answer")
+            media = apply_answer(self._offered, remote)
+        except SdpError as exc:
+            raise AppError(422, str(exc)) from None
+        self.remote, self.media = remote, media
+        self._apply_remote(remote)
+
+    def _new_transport(self, role: IceRole) -> WebRtcTransport:
         server = self.ctx.server
         transport = WebRtcTransport(
             server.next_transport_id(),
@@ -93,12 +129,18 @@ class Peer:
             self.ctx.certificate,
             self.ctx.transport_config,
             self._on_transport_event,
-            ice_role=IceRole.CONTROLLED,
+            ice_role=role,
             loop=self.ctx.loop,
         )
         server.register(transport)
         self.transport = transport
-        for m in media:
+        self._report_task = self.ctx.loop.create_task(self._report_loop())
+        return transport
+
+    def _apply_remote(self, remote: RemoteDescription) -> None:
+        transport = self.transport
+        assert transport is not None
+        for m in self.media:
             if m.codec is not None:
                 for ssrc in m.recv_ssrcs:
                     self._clock_rates[ssrc] = m.codec.clock_rate
@@ -108,11 +150,16 @@ class Peer:
             remote.ice_ufrag, remote.ice_pwd, list(remote.fingerprints), remote.setup
         )
         for _mid, line in remote.candidates:
-            self._add_candidate_line(line)
+            try:
+                self._add_candidate_line(line)
+            except AppError as exc:  # one bad line in an SDP does not sink the session
+                log.info("ignoring a candidate in the SDP: %s", exc.reason)
         if remote.end_of_candidates:
             transport.add_remote_candidate(None)
-        answer = write_description(
-            media,
+
+    def _build_sdp(self, transport: WebRtcTransport) -> str:
+        text = write_description(
+            self.media,
             LocalParameters(
                 ice_ufrag=transport.ice_ufrag,
                 ice_pwd=transport.ice_pwd,
@@ -126,8 +173,7 @@ class Peer:
         )
         self._pending_candidates.clear()
         self._sdp_built = True
-        self._report_task = self.ctx.loop.create_task(self._report_loop())
-        return answer
+        return text
 
     def add_remote_candidate(self, candidate: dict[str, Any] | None) -> None:
         if self.transport is None:

@@ -197,6 +197,11 @@ class WebRtcTransport:
             return "actpass"
         return "active" if self._dtls_role is DtlsRole.CLIENT else "passive"
 
+    def reveal_if_not_withholding(self) -> None:
+        """With early checks off, announce every local candidate now (e.g. into an offer)."""
+        if self._released and not self._revealed:
+            self._release("early checks off")
+
     def add_remote_candidate(self, candidate: Candidate | None) -> None:
         self.ice.add_remote_candidate(candidate, self._clock())
         if candidate is not None and self._is_usable(candidate):
@@ -231,6 +236,7 @@ class WebRtcTransport:
             else str(self.ice.state),
             "ice_role": self.ice.role.name.lower(),
             "dtls_state": self.dtls.state.value if self.dtls is not None else "new",
+            "dtls_role": self._dtls_role.value if self._dtls_role is not None else None,
             "srtp_profile": self.srtp_profile.name if self.srtp_profile else None,
             "selected_pair": _pair_json(pair),
             "ice": self.ice.stats(),

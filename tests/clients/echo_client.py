@@ -32,6 +32,7 @@ async def run(
     audio: bool,
     bad_fingerprint: bool = False,
     vanish: bool = False,
+    server_offers: bool = False,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"ok": False, "video_frames": 0, "audio_frames": 0, "trickled": 0}
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -102,14 +103,27 @@ async def run(
         read_task = asyncio.ensure_future(reader())
         try:
             handle = (await request({"type": "attach", "app": "echotest"}))["handle"]
-            await pc.setLocalDescription(await pc.createOffer())
-            offer = pc.localDescription.sdp
-            if bad_fingerprint:  # announce a certificate we do not have: DTLS must fail
-                offer = re.sub(r"(a=fingerprint:\S+ )[0-9A-F:]{5}", r"\g<1>00:00", offer)
-            answer = await request({"type": "offer", "handle": handle, "sdp": offer})
-            result["candidates_in_answer"] = answer["sdp"].count("a=candidate:")
-            answered = time.monotonic()
-            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            if server_offers:
+                # the server offers (ICE controlling, DTLS actpass); we answer
+                offer = await request(
+                    {"type": "message", "handle": handle, "body": {"offer": True}}
+                )
+                result["candidates_in_offer"] = offer["sdp"].count("a=candidate:")
+                await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+                await pc.setLocalDescription(await pc.createAnswer())
+                answered = time.monotonic()
+                await request({"type": "answer", "handle": handle, "sdp": pc.localDescription.sdp})
+            else:
+                await pc.setLocalDescription(await pc.createOffer())
+                offer_sdp = pc.localDescription.sdp
+                if bad_fingerprint:  # announce a certificate we do not have: DTLS must fail
+                    offer_sdp = re.sub(
+                        r"(a=fingerprint:\S+ )[0-9A-F:]{5}", r"\g<1>00:00", offer_sdp
+                    )
+                answer = await request({"type": "offer", "handle": handle, "sdp": offer_sdp})
+                result["candidates_in_answer"] = answer["sdp"].count("a=candidate:")
+                answered = time.monotonic()
+                await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
             if bad_fingerprint:
                 await asyncio.wait_for(hangup.wait(), 30)
                 result["ok"] = not done.is_set()
@@ -158,6 +172,7 @@ def main() -> None:
     ap.add_argument(
         "--vanish", action="store_true", help="after the echo works, drop all UDP (root, own netns)"
     )
+    ap.add_argument("--server-offers", action="store_true", help="ask the server to offer")
     args = ap.parse_args()
     res = asyncio.run(
         run(
@@ -165,8 +180,9 @@ def main() -> None:
             args.seconds,
             args.frames,
             not args.no_audio,
-            args.bad_fingerprint,
-            args.vanish,
+            bad_fingerprint=args.bad_fingerprint,
+            vanish=args.vanish,
+            server_offers=args.server_offers,
         )
     )
     print(json.dumps(res), flush=True)

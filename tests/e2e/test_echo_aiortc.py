@@ -50,3 +50,31 @@ def test_echo_across_two_namespaces() -> None:
     pair = result["server_stats"]["peer"]["selected_pair"]
     assert pair["local"]["address"] == "198.51.100.1"
     assert pair["remote"]["address"] == "198.51.100.2"
+
+
+def test_echo_when_the_server_offers() -> None:
+    """The other JSEP direction: server offers (ICE controlling, DTLS server), the client answers.
+    The offer carries no candidate: they are trickled once the server's first check has left."""
+    need_netns()
+    with netns("srv") as srv, netns("cli") as cli:
+        link(srv, "198.51.100.1/24", cli, "198.51.100.2/24")
+        with sfu_process(srv, "--http-listen", "0.0.0.0:8080", "--media-port", "40000"):
+            result = run_json(cli, [*CLIENT, "ws://198.51.100.1:8080/ws", "--server-offers"])
+    _check_echo(result)
+    assert result["candidates_in_offer"] == 0
+    assert result["trickled"] >= 2  # at least one candidate and the end-of-candidates
+    peer = result["server_stats"]["peer"]
+    assert peer["ice_role"] == "controlling"
+    assert peer["dtls_role"] == "server"
+
+
+def test_echo_over_ipv6() -> None:
+    need_netns()
+    with netns("srv") as srv, netns("cli") as cli:
+        link(srv, "2001:db8::1/64", cli, "2001:db8::2/64")
+        with sfu_process(srv, "--http-listen", "[::]:8080", "--media-port", "40000"):
+            result = run_json(cli, [*CLIENT, "ws://[2001:db8::1]:8080/ws"])
+    _check_echo(result)
+    pair = result["server_stats"]["peer"]["selected_pair"]
+    assert pair["local"]["address"] == "2001:db8::1"
+    assert pair["remote"]["address"] == "2001:db8::2"
