@@ -84,7 +84,7 @@ def test_unsupported_sections_are_rejected_not_fatal() -> None:
 
 def test_nothing_usable_is_an_error_with_every_reason() -> None:
     offer = OFFER.replace("opus/48000/2", "G722/8000").replace("VP8/90000", "H261/90000")
-    with pytest.raises(SdpError, match="no usable media.*0: .*1: "):
+    with pytest.raises(SdpError, match=r"no usable media.*0: .*1: "):
         answer_media(parse_description(offer, "offer"), send=lambda m: True, recv=lambda m: True)
 
 
