@@ -51,6 +51,18 @@ class EchoTestHandle(AppHandle):
         self._last_pli = 0.0
         self._last_remb_in: int | None = None
         self._remb_task: asyncio.Task[None] | None = None
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "keyframe_requests_in",
+                "plis_sent",
+                "nacks_in",
+                "nack_seqs",
+                "retransmitted",
+                "rembs_in",
+                "rembs_out",
+            ),
+            0,
+        )
 
     async def on_offer(self, sdp: str) -> str:
         if self.peer is not None and not self.peer.closed:
@@ -122,6 +134,7 @@ class EchoTestHandle(AppHandle):
             "audio": self.audio,
             "video": self.video,
             "bitrate": self.bitrate,
+            "rtcp": dict(self.counters),
         }
         if self.peer is not None:
             out["peer"] = self.peer.stats()
@@ -180,25 +193,31 @@ class EchoTestHandle(AppHandle):
         for p in packets:
             if isinstance(p, artp.RtcpPsfbPacket):
                 if p.fmt in (artp.RTCP_PSFB_PLI, artp.RTCP_PSFB_FIR):
+                    self.counters["keyframe_requests_in"] += 1
                     target = by_dst.get(p.media_ssrc)
                     if target is None and p.fmt == artp.RTCP_PSFB_FIR:
                         target = next((e for e in self._echoes if e.kind == "video"), None)
                     if target is not None:
                         self._request_keyframe(target.src_ssrc)
                 elif rtcp.is_remb(p):
+                    self.counters["rembs_in"] += 1
                     bitrate, _ = artp.unpack_remb_fci(p.fci)
                     self._last_remb_in = bitrate
                     self._send_remb()
             elif isinstance(p, artp.RtcpRtpfbPacket) and p.fmt == artp.RTCP_RTPFB_NACK:
                 target = by_dst.get(p.media_ssrc)
+                self.counters["nacks_in"] += 1
+                self.counters["nack_seqs"] += len(p.lost)
                 if target is not None:
-                    self.ctx.server.engine.retransmit(target.consumer_id, p.lost)
+                    found = self.ctx.server.engine.retransmit(target.consumer_id, p.lost)
+                    self.counters["retransmitted"] += found
 
     def _request_keyframe(self, src_ssrc: int) -> None:
         now = time.monotonic()
         if now - self._last_pli < PLI_MIN_INTERVAL or self.peer is None:
             return
         self._last_pli = now
+        self.counters["plis_sent"] += 1
         self.peer.send_rtcp(rtcp.pli(self.peer._reporter.sender_ssrc, src_ssrc))
 
     def _send_remb(self) -> None:
@@ -213,6 +232,7 @@ class EchoTestHandle(AppHandle):
             value = min(value, self.bitrate) if value else self.bitrate
         if not value:
             return
+        self.counters["rembs_out"] += 1
         self.peer.send_rtcp(rtcp.remb(self.peer._reporter.sender_ssrc, value, video))
 
     async def _remb_loop(self) -> None:

@@ -33,6 +33,8 @@ async def run(
     bad_fingerprint: bool = False,
     vanish: bool = False,
     server_offers: bool = False,
+    loss: float = 0.0,
+    toggle: bool = False,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"ok": False, "video_frames": 0, "audio_frames": 0, "trickled": 0}
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -103,6 +105,20 @@ async def run(
         read_task = asyncio.ensure_future(reader())
         try:
             handle = (await request({"type": "attach", "app": "echotest"}))["handle"]
+            if loss:  # random inbound loss in this namespace (media only: signaling is TCP)
+                rule = [
+                    "-p",
+                    "udp",
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    str(loss),
+                    "-j",
+                    "DROP",
+                ]
+                subprocess.run(["iptables", "-I", "INPUT", *rule], check=True)
             if server_offers:
                 # the server offers (ICE controlling, DTLS actpass); we answer
                 offer = await request(
@@ -143,12 +159,14 @@ async def run(
                 result["vanish_to_hangup"] = round(time.monotonic() - gone, 2)
                 result["ok"] = True
                 return result
-            stats = await request({"type": "message", "handle": handle, "body": {"video": True}})
-            result["message_reply"] = stats
-            result["handle"] = handle
             stats_url = (
                 url.replace("ws", "http", 1).rsplit("/ws", 1)[0] + f"/api/sessions/{handle}/stats"
             )
+            if toggle and done.is_set():
+                result["toggle"] = await _toggle(request, http, handle, stats_url)
+            stats = await request({"type": "message", "handle": handle, "body": {"video": True}})
+            result["message_reply"] = stats
+            result["handle"] = handle
             async with http.get(stats_url) as resp:
                 result["server_stats"] = await resp.json()
             result["ok"] = done.is_set()
@@ -158,6 +176,31 @@ async def run(
             await pc.close()
             read_task.cancel()
     return result
+
+
+async def _toggle(
+    request: Any, http: aiohttp.ClientSession, handle: str, stats_url: str
+) -> dict[str, Any]:
+    """Audio echo off, then on: how many audio packets the server sent in each second."""
+
+    async def audio_out() -> int:
+        async with http.get(stats_url) as resp:
+            stats = await resp.json()
+        peer = stats["peer"]
+        audio_ssrc = next(n["send_ssrc"] for n in peer["negotiated"] if n["kind"] == "audio")
+        return int(peer["media"]["outbound"][str(audio_ssrc)]["packets"])
+
+    out: dict[str, Any] = {}
+    await request({"type": "message", "handle": handle, "body": {"audio": False}})
+    await asyncio.sleep(0.2)
+    a = await audio_out()
+    await asyncio.sleep(1.0)
+    out["while_off"] = await audio_out() - a
+    await request({"type": "message", "handle": handle, "body": {"audio": True, "bitrate": 300000}})
+    a = await audio_out()
+    await asyncio.sleep(1.0)
+    out["while_on"] = await audio_out() - a
+    return out
 
 
 def main() -> None:
@@ -173,6 +216,10 @@ def main() -> None:
         "--vanish", action="store_true", help="after the echo works, drop all UDP (root, own netns)"
     )
     ap.add_argument("--server-offers", action="store_true", help="ask the server to offer")
+    ap.add_argument(
+        "--loss", type=float, default=0.0, help="random inbound UDP loss (0..1, iptables)"
+    )
+    ap.add_argument("--toggle", action="store_true", help="switch the audio echo off and on")
     args = ap.parse_args()
     res = asyncio.run(
         run(
@@ -183,6 +230,8 @@ def main() -> None:
             bad_fingerprint=args.bad_fingerprint,
             vanish=args.vanish,
             server_offers=args.server_offers,
+            loss=args.loss,
+            toggle=args.toggle,
         )
     )
     print(json.dumps(res), flush=True)
