@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from tests.browser.harness import chromium, echo_stats, echo_url, needs_chromium, wait_for
@@ -31,9 +34,24 @@ async def test_chromium_echo_across_two_namespaces() -> None:
                 assert pair is not None
                 assert pair["remote"]["address"] == "198.51.100.1"
                 assert pair["remote"]["port"] == 40000
-                # the echo controls reach the server and are acknowledged
-                reply = await page.evaluate("sfuDemo.setBitrate(256000)")
-                assert reply["bitrate"] == 256000
+                # the bitrate cap reaches the browser as REMB: its encoder slows down
+                before = await _video_send_rate(page)
+                reply = await page.evaluate("sfuDemo.setBitrate(100000)")
+                assert reply["bitrate"] == 100000
+                await asyncio.sleep(3)
+                capped = await _video_send_rate(page)
+                assert capped < 160_000 < before, (before, capped)
                 reply = await page.evaluate("sfuDemo.setAudio(false)")
                 assert reply["audio"] is False
                 assert browser.errors == []
+
+
+async def _video_send_rate(page: Any) -> float:
+    """Bits per second the browser's video sender put out over one second."""
+    js = """async () => {
+        const r = await window.sfuDemo.pc.getStats();
+        let b = 0; r.forEach(s => { if (s.type === 'outbound-rtp' && s.kind === 'video') b += s.bytesSent; });
+        return b; }"""
+    a = await page.evaluate(js)
+    await asyncio.sleep(1.0)
+    return float((await page.evaluate(js)) - a) * 8
