@@ -43,6 +43,19 @@ async def test_chromium_echo_across_two_namespaces() -> None:
                 assert capped < 160_000 < before, (before, capped)
                 reply = await page.evaluate("sfuDemo.setAudio(false)")
                 assert reply["audio"] is False
+                # our receiver reports give the browser an RTT for what it sends, our sender
+                # reports give it remote-outbound statistics for what it receives
+                reports = await page.evaluate(
+                    """async () => {
+                        const r = await window.sfuDemo.pc.getStats(); const out = {};
+                        r.forEach(s => { if (s.type.startsWith('remote-')) out[s.type + ':' + s.kind] = s; });
+                        return out; }"""
+                )
+                rin = reports.get("remote-inbound-rtp:video")
+                assert rin is not None and rin.get("roundTripTime", 0) > 0, reports
+                assert "packetsLost" in rin
+                rout = reports.get("remote-outbound-rtp:video")
+                assert rout is not None and rout["packetsSent"] > 0, reports
                 assert browser.errors == []
 
 
