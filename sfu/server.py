@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Coroutine, Sequence
@@ -83,7 +84,24 @@ def run(config: Config) -> Coroutine[Any, Any, None]:
 
 
 def make_engine() -> Engine:
-    """The Cython engine when built, else the reference engine."""
+    """The C engine when it is built, else the reference engine.
+
+    ``SFU_ENGINE=python`` or ``SFU_ENGINE=cython`` forces one (``cython`` fails if not built).
+    """
+    choice = os.environ.get("SFU_ENGINE", "").strip().lower() or "auto"
+    if choice not in ("auto", "python", "cython"):
+        raise SystemExit(f"SFU_ENGINE={choice!r}: expected 'python' or 'cython'")
+    if choice != "python":
+        try:
+            from sfu.engine.cengine import CEngine
+        except ImportError as exc:
+            if choice == "cython":
+                raise SystemExit(
+                    f"SFU_ENGINE=cython, but the C engine is not built: {exc}"
+                ) from exc
+            log.warning("the C engine is not built (%s); using the reference engine", exc)
+        else:
+            return CEngine()
     from sfu.engine.pyengine import PyEngine
 
     return PyEngine()
@@ -114,6 +132,7 @@ class SfuServer:
     async def start(self) -> None:
         self.webrtc.open()
         self.webrtc.start()
+        await self.webrtc.gather()  # STUN srflx, TURN relays: before any transport exists
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         ssl_ctx = None

@@ -34,6 +34,7 @@ from sfu.engine.base import (
     Deliver,
     EngineStats,
     ProducerSpec,
+    RelayPath,
     SocketInfo,
     SrtpParameters,
     SrtpProfile,
@@ -50,6 +51,7 @@ _PROFILES = {
 }
 _BATCH = 64
 _RECV_SIZE = 2048
+_CHANNEL_HEADER = struct.Struct("!HH")
 
 
 def _norm(addr: tuple[object, ...]) -> Addr:
@@ -70,10 +72,25 @@ class _Consumer:
     pt_map: dict[int, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Dest:
+    """Where a transport's media goes: straight to ``addr``, or as ChannelData via a relay."""
+
+    socket_id: int
+    addr: Addr
+    relay: RelayPath | None = None
+
+    def wrap(self, data: bytes) -> tuple[Addr, bytes]:
+        """(next hop, datagram): ChannelData is not padded (optional over UDP, RFC 8656 12.5)."""
+        if self.relay is None:
+            return self.addr, data
+        return self.relay.server, _CHANNEL_HEADER.pack(self.relay.channel, len(data)) + data
+
+
 @dataclass
 class _Transport:
     transport_id: int
-    dest: tuple[int, Addr] | None = None
+    dest: _Dest | None = None
     rx: pylibsrtp.Session | None = None
     tx: pylibsrtp.Session | None = None
     stats: TransportStats = field(default_factory=lambda: TransportStats(0))
@@ -96,6 +113,7 @@ class PyEngine:
         self._transports: dict[int, _Transport] = {}
         self._consumers: dict[int, _Consumer] = {}
         self._routes: dict[tuple[int, int], list[_Consumer]] = {}
+        self._channels: dict[tuple[int, Addr, int], Addr] = {}  # (socket, server, channel) -> peer
         self._stats = EngineStats()
         self._deliver: Deliver | None = None
         self._pending: list[ControlPacket] = []
@@ -131,6 +149,8 @@ class PyEngine:
             sock = self._sockets.pop(socket_id, None)
             for key in [k for k in self._bindings if k[0] == socket_id]:
                 del self._bindings[key]
+            for ckey in [k for k in self._channels if k[0] == socket_id]:
+                del self._channels[ckey]
         self._wake()
         if sock is not None:
             sock.close()
@@ -178,12 +198,22 @@ class PyEngine:
             self._bindings[(socket_id, addr)] = transport_id
             t.bindings.add((socket_id, addr))
 
-    def set_destination(self, transport_id: int, socket_id: int, addr: Addr) -> None:
+    def set_destination(
+        self, transport_id: int, socket_id: int, addr: Addr, relay: RelayPath | None = None
+    ) -> None:
         with self._lock:
             t = self._transport(transport_id)
-            t.dest = (socket_id, addr)
+            t.dest = _Dest(socket_id, addr, relay)
             self._bindings[(socket_id, addr)] = transport_id
             t.bindings.add((socket_id, addr))
+
+    def bind_channel(self, socket_id: int, server: Addr, channel: int, peer: Addr) -> None:
+        with self._lock:
+            self._channels[(socket_id, server, channel)] = peer
+
+    def unbind_channel(self, socket_id: int, server: Addr, channel: int) -> None:
+        with self._lock:
+            self._channels.pop((socket_id, server, channel), None)
 
     def set_srtp(self, transport_id: int, params: SrtpParameters) -> None:
         profile = _PROFILES[params.profile]
@@ -275,9 +305,7 @@ class PyEngine:
             except pylibsrtp.Error:
                 t.stats.srtp_errors += 1
                 return
-            sock = self._sockets.get(t.dest[0])
-            if sock is not None:
-                self._sendto(sock, data, t.dest[1])
+            if self._send_dest(t.dest, data):
                 t.stats.rtcp_out += 1
 
     def retransmit(self, consumer_id: int, seqs: Sequence[int]) -> int:
@@ -287,17 +315,14 @@ class PyEngine:
             if c is None:
                 return 0
             t = self._transports.get(c.spec.dst_transport)
-            if t is None or t.dest is None:
-                return 0
-            sock = self._sockets.get(t.dest[0])
-            if sock is None:
+            if t is None or t.dest is None or t.dest.socket_id not in self._sockets:
                 return 0
             out = t.stats.outbound.get(c.spec.dst_ssrc)
             for seq in seqs:
                 data = c.cache.get(seq & 0xFFFF)
                 if data is None:
                     continue
-                self._sendto(sock, data, t.dest[1])
+                self._send_dest(t.dest, data)
                 found += 1
                 if out is not None:
                     out.retransmitted += 1
@@ -335,6 +360,14 @@ class PyEngine:
             t = _Transport(transport_id, stats=TransportStats(transport_id))
             self._transports[transport_id] = t
         return t
+
+    def _send_dest(self, dest: _Dest, data: bytes) -> bool:
+        sock = self._sockets.get(dest.socket_id)
+        if sock is None:
+            return False
+        hop, datagram = dest.wrap(data)
+        self._sendto(sock, datagram, hop)
+        return True
 
     def _sendto(self, sock: socket.socket, data: bytes, addr: Addr) -> None:
         try:
@@ -394,14 +427,24 @@ class PyEngine:
                 log.exception("engine: datagram from %s dropped", raw_addr)
                 self._stats.dropped_unknown += 1
 
-    def _handle(self, socket_id: int, addr: Addr, data: bytes) -> None:
+    def _handle(self, socket_id: int, addr: Addr, data: bytes, relay: Addr | None = None) -> None:
+        if relay is None and len(data) >= 4 and 0x40 <= data[0] <= 0x7F:  # TURN ChannelData
+            channel, length = _CHANNEL_HEADER.unpack_from(data)
+            with self._lock:
+                peer = self._channels.get((socket_id, addr, channel))
+            if peer is not None:
+                if len(data) < 4 + length:  # truncated (trailing padding is allowed)
+                    self._stats.dropped_unknown += 1
+                    return
+                self._handle(socket_id, peer, data[4 : 4 + length], relay=addr)
+                return
         kind = classify(data)
         tid = self._bindings.get((socket_id, addr), 0)
         if kind == PacketKind.STUN:
-            self._queue(ControlPacket(ControlKind.STUN, socket_id, addr, data, tid))
+            self._queue(ControlPacket(ControlKind.STUN, socket_id, addr, data, tid, relay))
         elif kind == PacketKind.DTLS:
-            self._queue(ControlPacket(ControlKind.DTLS, socket_id, addr, data, tid))
-        elif kind == PacketKind.TURN_CHANNEL:
+            self._queue(ControlPacket(ControlKind.DTLS, socket_id, addr, data, tid, relay))
+        elif kind == PacketKind.TURN_CHANNEL and relay is None:
             self._queue(ControlPacket(ControlKind.TURN, socket_id, addr, data, tid))
         elif kind in (PacketKind.RTP, PacketKind.RTCP) and tid:
             with self._lock:
@@ -418,7 +461,7 @@ class PyEngine:
                     t.stats.srtp_errors += 1
                     return
                 t.stats.rtcp_in += 1
-            self._queue(ControlPacket(ControlKind.RTCP, socket_id, addr, plain, tid))
+            self._queue(ControlPacket(ControlKind.RTCP, socket_id, addr, plain, tid, relay))
         else:
             self._stats.dropped_unknown += 1
 
@@ -495,10 +538,8 @@ class PyEngine:
         except pylibsrtp.Error:
             dst.stats.srtp_errors += 1
             return
-        sock = self._sockets.get(dst.dest[0])
-        if sock is None:
+        if not self._send_dest(dst.dest, data):
             return
-        self._sendto(sock, data, dst.dest[1])
         if c.spec.cache_size:
             c.cache[out_seq] = data
             if len(c.cache) > c.spec.cache_size:

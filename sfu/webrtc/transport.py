@@ -9,6 +9,9 @@ Candidate withholding (the container-NAT race): with ``early_checks`` on, the tr
 reveal its candidates (not in the SDP, not trickled) until its first connectivity check toward a
 usable remote candidate has left, or until ``withhold_timeout`` passes without a usable remote
 candidate. See docs/containers.md.
+
+Relay candidates (TURN) need nothing special here: their ``socket_key`` is a
+:class:`~sfu.webrtc.turn.RelayKey`, and the host sends for them through its TURN client.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from sfu.ice.events import (
     RemoteCandidateDiscovered,
     SelectedPairChanged,
 )
+from sfu.webrtc.turn import RelayKey, SocketKey
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +105,21 @@ class TransportHost(Protocol):
 
     engine: Engine
 
-    def bind_address(self, transport: WebRtcTransport, socket_id: int, addr: Addr) -> None: ...
+    def bind_address(
+        self, transport: WebRtcTransport, socket_key: SocketKey, addr: Addr
+    ) -> None: ...
+
+    def send_datagram(
+        self, transport: WebRtcTransport, socket_key: SocketKey, addr: Addr, data: bytes
+    ) -> None: ...
+
+    def set_media_destination(
+        self, transport: WebRtcTransport, socket_key: SocketKey, addr: Addr
+    ) -> None: ...
 
     def unregister(self, transport: WebRtcTransport) -> None: ...
 
-    def local_candidates(self) -> list[tuple[Candidate, int]]: ...
+    def local_candidates(self) -> list[tuple[Candidate, SocketKey]]: ...
 
 
 class WebRtcTransport:
@@ -141,13 +155,13 @@ class WebRtcTransport:
         self._withhold_deadline: float | None = None
         self._remote_fingerprints: list[Fingerprint] = []
         self._dtls_role: DtlsRole | None = None
-        self._dtls_peer: tuple[int, Addr] | None = None
+        self._dtls_peer: tuple[SocketKey, Addr] | None = None
         self._started = False
         self.created_at = clock()
         self.connected_at: float | None = None
         self.srtp_profile: SrtpProfile | None = None
-        for cand, socket_id in host.local_candidates():
-            self.ice.add_local_candidate(cand, socket_id)
+        for cand, socket_key in host.local_candidates():
+            self.ice.add_local_candidate(cand, socket_key)
             self._local.append(cand)
 
     # -- what the owner calls ---------------------------------------------------------------------
@@ -258,10 +272,11 @@ class WebRtcTransport:
             return
         now = self._clock()
         if packet.kind is ControlKind.STUN:
-            if self.ice.receive(packet.data, packet.socket_id, packet.addr, now):
-                self._host.bind_address(self, packet.socket_id, packet.addr)
+            key = _socket_key(packet)
+            if self.ice.receive(packet.data, key, packet.addr, now):
+                self._host.bind_address(self, key, packet.addr)
         elif packet.kind is ControlKind.DTLS:
-            self._dtls_peer = self._dtls_peer or (packet.socket_id, packet.addr)
+            self._dtls_peer = self._dtls_peer or (_socket_key(packet), packet.addr)
             dtls = self._ensure_dtls(now)
             if dtls is not None:
                 dtls.receive(packet.data, now)
@@ -299,8 +314,8 @@ class WebRtcTransport:
         if self.state is TransportState.CLOSED:
             return
         now = self._clock()
-        for socket_id, addr, data in self.ice.datagrams_to_send(now):
-            self._engine.send(int(socket_id), addr, data)  # type: ignore[call-overload]
+        for socket_key, addr, data in self.ice.datagrams_to_send(now):
+            self._host.send_datagram(self, socket_key, addr, data)  # type: ignore[arg-type]
         while (ev := self.ice.next_event()) is not None:
             self._on_ice_event(ev, now)
         if self.state is TransportState.CLOSED:
@@ -323,12 +338,12 @@ class WebRtcTransport:
         dest = self._media_destination()
         for data in self.dtls.datagrams_to_send():
             if dest is not None:
-                self._engine.send(dest[0], dest[1], data)
+                self._host.send_datagram(self, dest[0], dest[1], data)
 
-    def _media_destination(self) -> tuple[int, Addr] | None:
+    def _media_destination(self) -> tuple[SocketKey, Addr] | None:
         pair = self.ice.selected_pair
         if pair is not None:
-            return (int(pair.socket_key), pair.remote.addr)  # type: ignore[call-overload]
+            return (pair.socket_key, pair.remote.addr)  # type: ignore[return-value]
         return self._dtls_peer
 
     def _on_ice_event(self, ev: object, now: float) -> None:
@@ -338,7 +353,7 @@ class WebRtcTransport:
         elif isinstance(ev, SelectedPairChanged):
             dest = self._media_destination()
             if dest is not None:
-                self._engine.set_destination(self.id, dest[0], dest[1])
+                self._host.set_media_destination(self, dest[0], dest[1])
                 self._host.bind_address(self, dest[0], dest[1])
             if self._dtls_role is DtlsRole.CLIENT:
                 self._ensure_dtls(now)
@@ -432,3 +447,10 @@ def _transport_stats_json(s: object) -> dict[str, object] | None:
     if s is None:
         return None
     return asdict(s)  # type: ignore[call-overload]
+
+
+def _socket_key(packet: ControlPacket) -> SocketKey:
+    """The ICE socket key a datagram arrived on: the socket, or the relay it came through."""
+    if packet.relay is not None:
+        return RelayKey(packet.socket_id, packet.relay)
+    return packet.socket_id

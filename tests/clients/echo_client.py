@@ -20,7 +20,13 @@ import time
 from typing import Any
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceCandidate,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
@@ -35,9 +41,11 @@ async def run(
     server_offers: bool = False,
     loss: float = 0.0,
     toggle: bool = False,
+    stun: str | None = None,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"ok": False, "video_frames": 0, "audio_frames": 0, "trickled": 0}
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    ice_servers = [RTCIceServer(urls=stun)] if stun else []
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
     pc.addTrack(VideoStreamTrack())
     if audio:
         pc.addTrack(AudioStreamTrack())
@@ -125,6 +133,7 @@ async def run(
                     {"type": "message", "handle": handle, "body": {"offer": True}}
                 )
                 result["candidates_in_offer"] = offer["sdp"].count("a=candidate:")
+                result["server_candidates"] = _candidate_lines(offer["sdp"])
                 await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
                 await pc.setLocalDescription(await pc.createAnswer())
                 answered = time.monotonic()
@@ -138,6 +147,7 @@ async def run(
                     )
                 answer = await request({"type": "offer", "handle": handle, "sdp": offer_sdp})
                 result["candidates_in_answer"] = answer["sdp"].count("a=candidate:")
+                result["server_candidates"] = _candidate_lines(answer["sdp"])
                 answered = time.monotonic()
                 await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
             if bad_fingerprint:
@@ -203,6 +213,13 @@ async def _toggle(
     return out
 
 
+def _candidate_lines(sdp: str) -> list[str]:
+    """The server's candidates in its SDP ("foundation component transport ... typ T ...")."""
+    return [
+        line[len("a=candidate:") :] for line in sdp.splitlines() if line.startswith("a=candidate:")
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("url")
@@ -220,6 +237,7 @@ def main() -> None:
         "--loss", type=float, default=0.0, help="random inbound UDP loss (0..1, iptables)"
     )
     ap.add_argument("--toggle", action="store_true", help="switch the audio echo off and on")
+    ap.add_argument("--stun", help="a STUN server for our own srflx candidates (stun:IP:PORT)")
     args = ap.parse_args()
     res = asyncio.run(
         run(
@@ -232,6 +250,7 @@ def main() -> None:
             server_offers=args.server_offers,
             loss=args.loss,
             toggle=args.toggle,
+            stun=args.stun,
         )
     )
     print(json.dumps(res), flush=True)

@@ -31,7 +31,9 @@ def test_nacks_under_loss_are_served_from_the_cache() -> None:
     with netns("srv") as srv, netns("cli") as cli:
         link(srv, "198.51.100.1/24", cli, "198.51.100.2/24")
         with sfu_process(srv, "--http-listen", "0.0.0.0:8080", "--media-port", "40000"):
-            result = run_json(cli, [*CLIENT, WS, "--loss", "0.05", "--frames", "90", "--seconds", "40"])
+            result = run_json(
+                cli, [*CLIENT, WS, "--loss", "0.05", "--frames", "90", "--seconds", "40"]
+            )
     assert result["ok"], result
     rtcp = result["server_stats"]["rtcp"]
     assert rtcp["nacks_in"] > 0, rtcp
