@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from sfu.apps.echotest import EchoTest
-from sfu.config import Config, MediaMode
+from sfu.config import Config
 from sfu.dtls.certificate import Certificate
 from sfu.engine.base import Engine
 from sfu.ice.agent import IceConfig
@@ -76,10 +76,6 @@ def settings_from_config(config: Config) -> ServerSettings:
 
 def run(config: Config) -> Coroutine[Any, Any, None]:
     """Entry point of `sfu serve` (the CLI runs the returned coroutine)."""
-    if config.media.mode is not MediaMode.SINGLE_PORT:
-        raise SystemExit(
-            "sfu serve: port-range media mode is not implemented yet; use the single port"
-        )
     return serve_forever(settings_from_config(config))
 
 

@@ -141,6 +141,9 @@ class WebRtcServer:
         self._probes_done: asyncio.Future[None] | None = None
         self._probe_timer: asyncio.TimerHandle | None = None
         self._learned: list[MappedAddress] | None = None  # None until gather() ran
+        self._range_cursor = 0
+        self._ports_in_use: set[int] = set()
+        self._transport_sockets: dict[int, tuple[int, list[_Listener]]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -148,12 +151,15 @@ class WebRtcServer:
         """Bind the media port on every listen address the kernel supports."""
         media = self.settings.media
         errors = []
+        # single-port: the shared media port. Port range: a service socket per address on an
+        # ephemeral port (STUN probes and the TURN allocation); each transport gets its own port.
+        port = media.port if not self.range_mode else 0
         for ip in media.listen:
             host = str(ip)
             try:
-                info = self.engine.open_socket(host, media.port)
+                info = self.engine.open_socket(host, port)
             except OSError as exc:
-                errors.append(f"{host}:{media.port}: {exc.strerror or exc}")
+                errors.append(f"{host}:{port}: {exc.strerror or exc}")
                 continue
             listener = _Listener(info)
             if ip.is_unspecified:
@@ -172,8 +178,12 @@ class WebRtcServer:
         for err in errors:
             log.info("media socket not opened (family unavailable?): %s", err)
         self._candidates = self._build_candidates()
-        if not self._candidates:
+        if not self._candidates and not self.range_mode:
             log.warning("no host candidate: check [media] interfaces/cidrs/include_loopback")
+        if self.range_mode:
+            log.info(
+                "port-range mode: one port per transport from %d-%d", media.port_min, media.port_max
+            )
 
     def start(self) -> None:
         self.engine.start(self.deliver)
@@ -277,7 +287,9 @@ class WebRtcServer:
 
     # -- candidates -------------------------------------------------------------------------------
 
-    def _build_candidates(self) -> list[tuple[Candidate, int]]:
+    def _build_candidates(
+        self, listeners: list[_Listener] | None = None
+    ) -> list[tuple[Candidate, int]]:
         """Host candidates per listener address, with the 1:1 announce rules applied, then the
         server-reflexive candidates learned by :meth:`gather`.
 
@@ -290,10 +302,18 @@ class WebRtcServer:
         announced: list[tuple[str, int, int]] = []
         private: list[tuple[str, int, int]] = []
         gathered = self._learned is not None
-        for listener in self._listeners:
+        if listeners is None:
+            if self.range_mode:  # the service sockets carry no media: no host candidates
+                return []
+            listeners = self._listeners
+        service = {lst.info.family: lst.info.socket_id for lst in self._listeners}
+        for listener in listeners:
             port = listener.info.local_addr[1]
             sid = listener.info.socket_id
-            mapped = self._mapped(sid)
+            # a per-transport socket learns the public address from its family's service socket
+            mapped = self._mapped(sid) or self._mapped(service.get(listener.info.family, -1))
+            if mapped is not None and self.range_mode:
+                mapped = (mapped[0], port)  # port-preserving NAT assumed; see docs/configuration.md
             for address in listener.addresses:
                 ip = ipaddress.ip_address(address)
                 rules = [r for r in self.settings.announce if r.matches(ip)]
@@ -332,6 +352,8 @@ class WebRtcServer:
             seen.add((host, port))
             out.append((self._host_candidate(host, port, pref), sid))
             pref -= 1
+        if self.range_mode:
+            return out
         return out + self._srflx(seen)
 
     def _auto_port(self, rule: AnnounceRule, local_port: int, learned_port: int) -> int:
@@ -384,11 +406,58 @@ class WebRtcServer:
             type=CandidateType.HOST,
         )
 
-    def local_candidates(self) -> list[tuple[Candidate, SocketKey]]:
-        """Candidates for a new transport: host, srflx, then relay (allocations alive now)."""
-        out: list[tuple[Candidate, SocketKey]] = list(self._candidates)
+    @property
+    def range_mode(self) -> bool:
+        return self.settings.media.mode is MediaMode.PORT_RANGE
+
+    def local_candidates(self, transport_id: int = 0) -> list[tuple[Candidate, SocketKey]]:
+        """Candidates for a new transport: host, srflx, then relay (allocations alive now).
+        In port-range mode the transport's own sockets are opened here (one port, every family)."""
+        out: list[tuple[Candidate, SocketKey]] = []
+        if self.range_mode:
+            out += self._build_candidates(self._open_transport_sockets(transport_id))
+        else:
+            out += self._candidates
         out += self._relay_candidates()
         return out
+
+    def _open_transport_sockets(self, transport_id: int) -> list[_Listener]:
+        """Bind the next free port of the range on every listen address (raises OSError when the
+        range is exhausted)."""
+        media = self.settings.media
+        count = media.port_max - media.port_min + 1
+        for _ in range(count):
+            port = media.port_min + self._range_cursor % count
+            self._range_cursor += 1
+            if port in self._ports_in_use:
+                continue
+            opened: list[_Listener] = []
+            try:
+                for service in self._listeners:
+                    host = service.info.local_addr[0]
+                    info = self.engine.open_socket(host, port)
+                    opened.append(_Listener(info, list(service.addresses)))
+            except OSError:
+                for lst in opened:
+                    self.engine.close_socket(lst.info.socket_id)
+                continue
+            self._ports_in_use.add(port)
+            self._transport_sockets[transport_id] = (port, opened)
+            return opened
+        raise OSError(f"no free media port in {media.port_min}-{media.port_max}")
+
+    def _close_transport_sockets(self, transport_id: int) -> None:
+        entry = self._transport_sockets.pop(transport_id, None)
+        if entry is None:
+            return
+        port, listeners = entry
+        for lst in listeners:
+            self.engine.close_socket(lst.info.socket_id)
+        self._ports_in_use.discard(port)
+
+    def transport_port(self, transport_id: int) -> int | None:
+        entry = self._transport_sockets.get(transport_id)
+        return entry[0] if entry else None
 
     def relay_stats(self) -> list[dict[str, object]]:
         return self._relays.stats()
@@ -410,6 +479,7 @@ class WebRtcServer:
         for key in [k for k, t in self._bound.items() if t is transport]:
             del self._bound[key]
         self._relays.release(transport.id)
+        self._close_transport_sockets(transport.id)
 
     def bind_address(self, transport: WebRtcTransport, socket_key: SocketKey, addr: Addr) -> None:
         """Datagrams from ``addr`` on ``socket_key`` (a socket id, or a relay) go to ``transport``."""

@@ -119,7 +119,7 @@ class TransportHost(Protocol):
 
     def unregister(self, transport: WebRtcTransport) -> None: ...
 
-    def local_candidates(self) -> list[tuple[Candidate, SocketKey]]: ...
+    def local_candidates(self, transport_id: int = 0) -> list[tuple[Candidate, SocketKey]]: ...
 
 
 class WebRtcTransport:
@@ -160,7 +160,7 @@ class WebRtcTransport:
         self.created_at = clock()
         self.connected_at: float | None = None
         self.srtp_profile: SrtpProfile | None = None
-        for cand, socket_key in host.local_candidates():
+        for cand, socket_key in host.local_candidates(transport_id):
             self.ice.add_local_candidate(cand, socket_key)
             self._local.append(cand)
 
