@@ -60,7 +60,9 @@ class ControlPacket:
     addr: Addr  # the peer (for relayed data: the peer's address as the TURN server saw it)
     data: bytes
     transport_id: int = 0  # 0 when the 5-tuple is not bound to a transport
-    relay: Addr | None = None  # set when the datagram came unwrapped from a TURN channel via this server
+    relay: Addr | None = (
+        None  # set when the datagram came unwrapped from a TURN channel via this server
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,15 +59,22 @@ def _norm(addr: tuple[object, ...]) -> Addr:
 
 
 @dataclass
+class _OutStream:
+    """What continuity needs of an outbound stream (destination transport + SSRC). It outlives
+    consumers, so a new source on the same SSRC continues the sequence and timestamps."""
+
+    last_seq: int = -1
+    last_ts: int = 0
+    last_time: float = 0.0
+
+
+@dataclass
 class _Consumer:
     spec: ConsumerSpec
     paused: bool = False
     seq_offset: int = 0
     ts_offset: int = 0
     synced: bool = False  # offsets computed for the current run of packets
-    last_out_seq: int = -1
-    last_out_ts: int = 0
-    last_out_time: float = 0.0
     cache: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     pt_map: dict[int, int] = field(default_factory=dict)
 
@@ -113,6 +120,7 @@ class PyEngine:
         self._transports: dict[int, _Transport] = {}
         self._consumers: dict[int, _Consumer] = {}
         self._routes: dict[tuple[int, int], list[_Consumer]] = {}
+        self._out_streams: dict[tuple[int, int], _OutStream] = {}
         self._channels: dict[tuple[int, Addr, int], Addr] = {}  # (socket, server, channel) -> peer
         self._stats = EngineStats()
         self._deliver: Deliver | None = None
@@ -240,6 +248,8 @@ class PyEngine:
             t = self._transports.pop(transport_id, None)
             if t is None:
                 return
+            for stream in [k for k in self._out_streams if k[0] == transport_id]:
+                del self._out_streams[stream]
             for key in t.bindings:
                 if self._bindings.get(key) == transport_id:
                     del self._bindings[key]
@@ -521,11 +531,15 @@ class PyEngine:
         dst = self._transports.get(c.spec.dst_transport)
         if dst is None or dst.tx is None or dst.dest is None:
             return
+        key = (c.spec.dst_transport, c.spec.dst_ssrc)
+        st = self._out_streams.get(key)
+        if st is None:
+            st = self._out_streams[key] = _OutStream()
         if not c.synced:
-            if c.last_out_seq >= 0:
-                c.seq_offset = (c.last_out_seq + 1 - seq) & 0xFFFF
-                elapsed = int(max(0.0, now - c.last_out_time) * c.spec.clock_rate)
-                c.ts_offset = (c.last_out_ts + max(1, elapsed) - ts) & 0xFFFFFFFF
+            if st.last_seq >= 0:
+                c.seq_offset = (st.last_seq + 1 - seq) & 0xFFFF
+                elapsed = int(max(0.0, now - st.last_time) * c.spec.clock_rate)
+                c.ts_offset = (st.last_ts + max(1, elapsed) - ts) & 0xFFFFFFFF
             c.synced = True
         out_seq = (seq + c.seq_offset) & 0xFFFF
         out_ts = (ts + c.ts_offset) & 0xFFFFFFFF
@@ -544,7 +558,7 @@ class PyEngine:
             c.cache[out_seq] = data
             if len(c.cache) > c.spec.cache_size:
                 c.cache.popitem(last=False)
-        c.last_out_seq, c.last_out_ts, c.last_out_time = out_seq, out_ts, now
+        st.last_seq, st.last_ts, st.last_time = out_seq, out_ts, now
         dst.stats.packets_out += 1
         dst.stats.bytes_out += len(data)
         out = dst.stats.outbound.get(c.spec.dst_ssrc)
