@@ -298,6 +298,26 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class StreamingConfig:
+    """``[streaming]``: mountpoints (docs/streaming.md)."""
+
+    admin_key: str | None = None  # needed to create mountpoints (and to see private ones)
+    db_path: str = (
+        "sfu-streaming.db"  # SQLite file for permanent mountpoints; ":memory:" keeps none
+    )
+    rtp_port_min: int = 20000  # RTP ingest ports allocated to mountpoints
+    rtp_port_max: int = 20999
+
+
+@dataclass(frozen=True)
+class RoomsConfig:
+    """``[rooms]``: publish/subscribe rooms (docs/rooms.md)."""
+
+    token_secret: str | None = None  # set: joining needs an HS256 token signed with it
+    auto_create: bool = True  # a join creates the room when it does not exist
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole effective configuration."""
 
@@ -308,6 +328,8 @@ class Config:
     ice: IceConfig = field(default_factory=IceConfig)
     log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    rooms: RoomsConfig = field(default_factory=RoomsConfig)
     config_file: Path | None = field(default=None, compare=False)  # the TOML file read, if any
 
 
@@ -649,7 +671,7 @@ class _Spec:
         return self.flag.lstrip("-").replace("-", "_")
 
 
-_SPECS: Final[tuple[_Spec, ...]] = (
+_CORE_SPECS: Final[tuple[_Spec, ...]] = (
     _Spec(
         "http",
         "listen",
@@ -798,7 +820,59 @@ _SPECS: Final[tuple[_Spec, ...]] = (
         "BYTES",
     ),
 )
+_SPECS: Final[tuple[_Spec, ...]] = (
+    *_CORE_SPECS,
+    _Spec(
+        "streaming",
+        "admin_key",
+        _string,
+        "key that the streaming REST API requires to create mountpoints (none: open)",
+        "--streaming-admin-key",
+        "KEY",
+    ),
+    _Spec(
+        "streaming",
+        "db_path",
+        _string,
+        "SQLite file that keeps permanent mountpoints (':memory:' keeps none)",
+        "--streaming-db",
+        "FILE",
+    ),
+    _Spec(
+        "streaming",
+        "rtp_port_min",
+        _port,
+        "first UDP port for RTP ingest into mountpoints",
+        "--streaming-rtp-port-min",
+        "PORT",
+    ),
+    _Spec(
+        "streaming",
+        "rtp_port_max",
+        _port,
+        "last UDP port for RTP ingest into mountpoints",
+        "--streaming-rtp-port-max",
+        "PORT",
+    ),
+    _Spec(
+        "rooms",
+        "token_secret",
+        _string,
+        "secret (>= 32 bytes) that signs room access tokens; set, joining a room needs a token",
+        "--room-token-secret",
+        "SECRET",
+    ),
+    _Spec(
+        "rooms",
+        "auto_create",
+        _bool,
+        "create a room when someone joins one that does not exist",
+        "--room-auto-create",
+        boolean=True,
+    ),
+)
 _SPEC_BY_NAME: Final = {s.name: s for s in _SPECS}
+SECRET_KEYS: Final = ("streaming.admin_key", "rooms.token_secret")
 
 # Keys handled outside the generic table.
 _ANNOUNCE_KEYS: Final = ("local", "public", "public_port", "public_port_min", "mode")
@@ -817,7 +891,7 @@ _TURN_CRED_FLAGS: Final = {
 }
 _ENV_ANNOUNCE: Final = "SFU_ANNOUNCE"
 _ENV_TURN: Final = "SFU_ICE_TURN"
-_SECTIONS: Final = ("http", "media", "ice", "log", "limits")
+_SECTIONS: Final = ("http", "media", "ice", "log", "limits", "streaming", "rooms")
 _ENV_SECTION_PREFIXES: Final = tuple(f"{ENV_PREFIX}{s.upper()}_" for s in (*_SECTIONS, "announce"))
 
 
@@ -869,6 +943,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "ice": "ICE, STUN and TURN",
         "log": "logging",
         "limits": "limits",
+        "streaming": "streaming mountpoints",
+        "rooms": "rooms",
     }
     for key, title in titles.items():
         groups[key] = parser.add_argument_group(title)
@@ -1555,6 +1631,20 @@ def load_config(
             "SFU_ICE_STUN_SERVERS or --stun)"
         )
     _check_overridden(layers, values, announce, turn, media, errors)
+    streaming = StreamingConfig(
+        build.get("streaming.admin_key"),
+        build.get("streaming.db_path"),
+        build.get("streaming.rtp_port_min"),
+        build.get("streaming.rtp_port_max"),
+    )
+    if streaming.rtp_port_min > streaming.rtp_port_max:
+        errors.append(
+            f"streaming: rtp_port_min {streaming.rtp_port_min} is above rtp_port_max "
+            f"{streaming.rtp_port_max}"
+        )
+    rooms = RoomsConfig(build.get("rooms.token_secret"), build.get("rooms.auto_create"))
+    if rooms.token_secret is not None and len(rooms.token_secret.encode()) < 32:
+        errors.append("rooms: token_secret must be at least 32 bytes (RFC 7518 3.2, HS256)")
     config = Config(
         http=http,
         media=media,
@@ -1565,6 +1655,8 @@ def load_config(
         limits=LimitsConfig(
             build.get("limits.max_sessions"), build.get("limits.max_ws_message_bytes")
         ),
+        streaming=streaming,
+        rooms=rooms,
         config_file=config_file,
     )
     if errors:
@@ -1616,6 +1708,17 @@ def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
         "max_sessions": config.limits.max_sessions or 0,
         "max_ws_message_bytes": config.limits.max_ws_message_bytes,
     }
+    for name in ("streaming", "rooms"):
+        section = getattr(config, name)
+        out[name] = {
+            f.name: (
+                REDACTED
+                if redact and f"{name}.{f.name}" in SECRET_KEYS
+                else getattr(section, f.name)
+            )
+            for f in fields(section)
+            if getattr(section, f.name) is not None
+        }
     return out
 
 
@@ -1680,4 +1783,6 @@ def config_to_toml(config: Config, *, redact: bool = True) -> str:
         lines += _toml_table("[[ice.turn]]", server)
     lines += _toml_table("[log]", d["log"])
     lines += _toml_table("[limits]", d["limits"])
+    lines += _toml_table("[streaming]", d["streaming"])
+    lines += _toml_table("[rooms]", d["rooms"])
     return "\n".join(lines) + "\n"
