@@ -157,6 +157,20 @@ def cmd_version(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Load the configuration like `serve`, probe the NAT, print the facts and the verdict."""
+    config = _load(args)
+    if config is None:
+        return EXIT_USAGE
+    setup_logging(config.log)
+    from sfu.doctor import command as doctor_command
+
+    try:
+        return doctor_command.run(config, as_json=args.json, timeout=args.timeout)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
 def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         print(f"sfu {name}: not implemented yet", file=sys.stderr)
@@ -168,7 +182,6 @@ def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
 # PLACEHOLDER(lead): these commands are not wired yet. To wire one, replace its entry with a
 # function that adds its options to the subparser and sets `handler`.
 _PLACEHOLDERS: Final = {
-    "doctor": "diagnose this host: addresses, NAT behaviour, published ports, STUN/TURN reach",
     "natlab": "build the network-namespace NAT lab and run scenarios in it",
     "bench": "measure forwarding throughput and latency",
     "token": "issue an access token for clients",
@@ -223,6 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
         "version", help="print the version", description="Print the version."
     )
     version.set_defaults(handler=cmd_version)
+
+    from sfu.doctor import command as doctor_command  # argparse and config only
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="probe the NAT in front of the media port and say what it means",
+        description=doctor_command.DESCRIPTION,
+        epilog=doctor_command.EPILOG,
+        formatter_class=formatter,
+    )
+    doctor_command.add_arguments(doctor)
+    doctor.set_defaults(handler=cmd_doctor)
 
     for name, text in _PLACEHOLDERS.items():
         placeholder = commands.add_parser(

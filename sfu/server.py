@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 
 from sfu.apps.echotest import EchoTest
 from sfu.config import Config
+from sfu.doctor.live import EngineTap, LiveDoctor, doctor_settings
 from sfu.dtls.certificate import Certificate
 from sfu.engine.base import Engine
 from sfu.ice.agent import IceConfig
@@ -109,7 +110,12 @@ class SfuServer:
     def __init__(self, settings: ServerSettings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine or make_engine()
-        self.webrtc = WebRtcServer(self.engine, settings.media)
+        self.media_tap = EngineTap(self.engine)  # lets the doctor probe from the media sockets
+        self.webrtc = WebRtcServer(self.media_tap, settings.media)
+        self.doctor = LiveDoctor(
+            self.media_tap, doctor_settings(settings.media, settings.transport.early_checks)
+        )
+        self._doctor_task: asyncio.Task[None] | None = None
         self.core = Core(
             server=self.webrtc,
             certificate=Certificate.generate(),
@@ -148,8 +154,14 @@ class SfuServer:
             ", ".join(f"{h}:{p}" for h, p in self.http_addresses),
             ", ".join(f"{h}:{p}" for h, p in self.webrtc.local_addresses),
         )
+        # one log line with the NAT verdict within ~2 s; serving does not wait for it
+        self._doctor_task = asyncio.get_running_loop().create_task(self.doctor.log_startup(2.0))
 
     async def stop(self) -> None:
+        if self._doctor_task is not None:
+            self._doctor_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._doctor_task
         for ws in list(self._connections):
             await ws.close()
         if self._runner is not None:
@@ -163,6 +175,7 @@ class SfuServer:
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/api/stats", self._stats)
+        app.router.add_get("/api/doctor", self._doctor)
         app.router.add_get("/api/sessions", self._sessions)
         app.router.add_get("/api/sessions/{handle}/stats", self._session_stats)
         web_dir = self.settings.http.web_dir
@@ -190,6 +203,11 @@ class SfuServer:
                 + sum(t.ice_rejected() for t in self.webrtc.transports),
             }
         )
+
+    async def _doctor(self, request: web.Request) -> web.Response:
+        """The NAT diagnosis through the media sockets (docs/doctor.md); ``?fresh=1`` re-probes."""
+        report = await self.doctor.diagnose(2.0, fresh=request.query.get("fresh") == "1")
+        return web.json_response(report.to_dict())
 
     async def _sessions(self, request: web.Request) -> web.Response:
         return web.json_response(
