@@ -182,7 +182,6 @@ def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
 # PLACEHOLDER(lead): these commands are not wired yet. To wire one, replace its entry with a
 # function that adds its options to the subparser and sets `handler`.
 _PLACEHOLDERS: Final = {
-    "natlab": "build the network-namespace NAT lab and run scenarios in it",
     "bench": "measure forwarding throughput and latency",
     "token": "issue an access token for clients",
 }
@@ -248,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor_command.add_arguments(doctor)
     doctor.set_defaults(handler=cmd_doctor)
+
+    from sfu.natlab import command as natlab_command  # stdlib-only imports: cheap
+
+    natlab = commands.add_parser(
+        "natlab",
+        help="build the network-namespace NAT lab and run the server against real clients in it",
+        description=natlab_command.description(),
+        epilog=natlab_command.EPILOG,
+        formatter_class=formatter,
+    )
+    natlab_command.add_arguments(natlab)
+    natlab.set_defaults(handler=natlab_command.run_command)
 
     for name, text in _PLACEHOLDERS.items():
         placeholder = commands.add_parser(
