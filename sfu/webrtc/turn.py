@@ -908,7 +908,14 @@ class TurnRelays:
             relay.skipped_private += 1
             return
         relay.ip_users.setdefault(peer[0], set()).add(transport_id)
-        relay.client.send(peer, data, self._clock())
+        now = self._clock()
+        # A peer we check through the relay may pick that path for its media even when we pick
+        # another (each side selects its own pair): bind a channel so the engine takes its media.
+        users = relay.channel_users.setdefault(peer, set())
+        if transport_id not in users:
+            users.add(transport_id)
+            relay.client.want_channel(peer, now)
+        relay.client.send(peer, data, now)
         self._pump()
 
     def set_destination(self, transport_id: int, key: RelayKey | None, peer: Addr) -> None:
@@ -942,6 +949,8 @@ class TurnRelays:
         if previous is not None:
             self._drop_channel_user(transport_id, *previous)
         for relay in self._relays.values():
+            for peer in [p for p, users in relay.channel_users.items() if transport_id in users]:
+                self._drop_channel_user(transport_id, relay.key, peer)
             for ip, users in list(relay.ip_users.items()):
                 users.discard(transport_id)
                 if not users:
