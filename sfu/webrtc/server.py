@@ -407,6 +407,25 @@ class WebRtcServer:
         )
 
     @property
+    def withhold_candidates(self) -> bool:
+        """Whether transports withhold their candidates until their first check has left.
+
+        The race needs a NAT in front of the server that maps our flows by the first packet
+        (Docker's MASQUERADE). No withholding (saving the peer a signaling round trip) when:
+        an explicit announce rule maps our addresses (a published port: inbound goes through
+        DNAT), or STUN saw us at one of our own addresses (no NAT), or, without STUN, all our
+        addresses are public. An ``auto`` rule says nothing about published ports: it withholds.
+        """
+        if any(not r.auto for r in self.settings.announce):
+            return False
+        own = {a for lst in self._listeners for a in lst.addresses}
+        learned = [r.mapped for r in self._learned or () if r.mapped is not None]
+        if learned:
+            return not all(mapped[0] in own for mapped in learned)
+        # no STUN answer: a server whose addresses are all public is not behind a MASQUERADE
+        return not own or any(is_private_address(ipaddress.ip_address(a)) for a in own)
+
+    @property
     def range_mode(self) -> bool:
         return self.settings.media.mode is MediaMode.PORT_RANGE
 

@@ -105,6 +105,11 @@ class TransportHost(Protocol):
 
     engine: Engine
 
+    @property
+    def withhold_candidates(self) -> bool:
+        """Whether candidates must wait for the first check (False when no NAT race can happen)."""
+        ...
+
     def bind_address(
         self, transport: WebRtcTransport, socket_key: SocketKey, addr: Addr
     ) -> None: ...
@@ -150,7 +155,9 @@ class WebRtcTransport:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._local: list[Candidate] = []
-        self._released = not config.early_checks
+        # withhold only where the race can happen: early checks on and a NAT in front of us
+        # with no announced (published) mapping; early checks themselves are sent either way
+        self._released = not (config.early_checks and host.withhold_candidates)
         self._revealed: list[Candidate] = []
         self._withhold_deadline: float | None = None
         self._remote_fingerprints: list[Fingerprint] = []

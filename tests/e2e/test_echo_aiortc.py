@@ -57,9 +57,9 @@ def test_echo_when_the_server_offers() -> None:
     The offer carries no candidate: they are trickled once the server's first check has left."""
     need_netns()
     with netns("srv") as srv, netns("cli") as cli:
-        link(srv, "198.51.100.1/24", cli, "198.51.100.2/24")
+        link(srv, "172.18.0.1/24", cli, "172.18.0.2/24")  # private: withholding applies
         with sfu_process(srv, "--http-listen", "0.0.0.0:8080", "--media-port", "40000"):
-            result = run_json(cli, [*CLIENT, "ws://198.51.100.1:8080/ws", "--server-offers"])
+            result = run_json(cli, [*CLIENT, "ws://172.18.0.1:8080/ws", "--server-offers"])
     _check_echo(result)
     assert result["candidates_in_offer"] == 0
     assert result["trickled"] >= 2  # at least one candidate and the end-of-candidates
@@ -78,3 +78,15 @@ def test_echo_over_ipv6() -> None:
     pair = result["server_stats"]["peer"]["selected_pair"]
     assert pair["local"]["address"] == "2001:db8::1"
     assert pair["remote"]["address"] == "2001:db8::2"
+
+
+def test_a_public_server_reveals_its_candidates_at_once() -> None:
+    """No NAT in front of the server (all its addresses public): nothing to withhold, the
+    candidates are in the offer and the peer saves a signaling round trip."""
+    need_netns()
+    with netns("srv") as srv, netns("cli") as cli:
+        link(srv, "198.51.100.1/24", cli, "198.51.100.2/24")
+        with sfu_process(srv, "--http-listen", "0.0.0.0:8080", "--media-port", "40000"):
+            result = run_json(cli, [*CLIENT, "ws://198.51.100.1:8080/ws", "--server-offers"])
+    _check_echo(result)
+    assert result["candidates_in_offer"] >= 1
