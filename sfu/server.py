@@ -17,7 +17,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from sfu.apps.echotest import EchoTest
-from sfu.config import Config
+from sfu.apps.room import RoomApp, RoomPolicy
+from sfu.config import Config, RoomsConfig
 from sfu.doctor.live import EngineTap, LiveDoctor, doctor_settings
 from sfu.dtls.certificate import Certificate
 from sfu.engine.base import Engine
@@ -44,6 +45,7 @@ class ServerSettings:
     http: HttpSettings = field(default_factory=HttpSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    rooms: RoomsConfig = field(default_factory=RoomsConfig)
     max_frame_bytes: int = 256 * 1024
     max_sessions: int = 10000
 
@@ -70,6 +72,7 @@ def settings_from_config(config: Config) -> ServerSettings:
         http=http,
         media=MediaSettings.from_config(config),
         transport=transport,
+        rooms=config.rooms,
         max_frame_bytes=config.limits.max_ws_message_bytes,
         max_sessions=config.limits.max_sessions or 1_000_000,
     )
@@ -120,7 +123,15 @@ class SfuServer:
             server=self.webrtc,
             certificate=Certificate.generate(),
             transport_config=settings.transport,
-            applications={"echotest": EchoTest()},
+            applications={
+                "echotest": EchoTest(),
+                "room": RoomApp(
+                    RoomPolicy(
+                        token_secret=settings.rooms.token_secret,
+                        create_rooms=settings.rooms.auto_create,
+                    )
+                ),
+            },
             max_frame_bytes=settings.max_frame_bytes,
             max_handles=settings.max_sessions,
         )

@@ -1,15 +1,18 @@
 """Negotiation as pure functions: pick codecs, feedback and extensions, and write SDP.
 
 ``answer_media`` decides, per remote m-section, what the server accepts; ``write_description``
-renders the server's side (an answer, or later an offer) from those decisions and the transport's
-ICE/DTLS parameters. Nothing here touches the network or the clock.
+renders the server's side (an answer or an offer) from those decisions and the transport's
+ICE/DTLS parameters. Server offers are built from sections (``offer_media``, ``offer_section``);
+a re-offer on the same transport keeps every earlier section in place (``check_reoffer``) and
+marks the ones that carry nothing any more inactive (``deactivate``). Nothing here touches the
+network or the clock.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sfu.dtls.certificate import Fingerprint
 from sfu.sdp.capabilities import DEFAULT_CAPABILITIES, CodecCapability, RouterCapabilities
@@ -290,6 +293,68 @@ def offer_media(
     return out
 
 
+def offer_section(
+    index: int,
+    kind: str,
+    codec: RemoteCodec,
+    *,
+    mid: str | None = None,
+    direction: str = "sendonly",
+    send_ssrc: int | None = None,
+    msid: str | None = None,
+    cname: str = "sfu",
+    extensions: tuple[tuple[int, str], ...] = (),
+) -> NegotiatedMedia:
+    """One m-section of a server offer carrying ``codec`` (its feedback offered with it)."""
+    if kind not in ("audio", "video"):
+        raise ValueError(f"cannot offer {kind!r}")
+    if direction not in _REVERSE:
+        raise ValueError(f"unknown direction {direction!r}")
+    sends = direction in ("sendrecv", "sendonly")
+    if sends and send_ssrc is None:
+        raise ValueError("a sending section needs a send_ssrc")
+    return NegotiatedMedia(
+        index=index,
+        mid=str(index) if mid is None else mid,
+        kind=kind,
+        direction=direction,
+        codec=codec,
+        feedback=codec.feedback,
+        extensions=extensions,
+        send_ssrc=send_ssrc if sends else None,
+        cname=cname,
+        msid=msid if sends else None,
+    )
+
+
+def deactivate(section: NegotiatedMedia) -> NegotiatedMedia:
+    """The section as a re-offer carries it once its track is gone: same index, mid, codec and
+    extensions, direction inactive, no SSRC and no msid. It stays in the BUNDLE group (port 9),
+    so the transport lives on even when every section is inactive."""
+    return replace(section, direction="inactive", send_ssrc=None, msid=None, recv_ssrcs=())
+
+
+def check_reoffer(previous: Sequence[NegotiatedMedia], new: Sequence[NegotiatedMedia]) -> None:
+    """Raise SdpError unless ``new`` keeps every section of ``previous`` at its index with the
+    same mid, kind and payload type (sections may only be appended, RFC 8829 5.2.2), and no mid
+    is used twice."""
+    if len(new) < len(previous):
+        raise SdpError(f"a re-offer cannot drop m-sections ({len(previous)} -> {len(new)})")
+    for old, cur in zip(previous, new, strict=False):
+        if (old.index, old.mid, old.kind) != (cur.index, cur.mid, cur.kind):
+            raise SdpError(
+                f"m-section {old.index} changed from {old.kind}/{old.mid} to {cur.kind}/{cur.mid}"
+            )
+        if old.codec is not None and cur.codec is not None:
+            if old.codec.payload_type != cur.codec.payload_type:
+                raise SdpError(f"m-section {old.index} changed its payload type")
+    mids = [m.mid for m in new]
+    if len(set(mids)) != len(mids):
+        raise SdpError("a mid is used twice")
+    if any(m.index != i for i, m in enumerate(new)):
+        raise SdpError("m-section indexes must be 0, 1, 2, ...")
+
+
 _REVERSE = {
     "sendrecv": "sendrecv",
     "sendonly": "recvonly",
@@ -349,6 +414,7 @@ def apply_answer(
                 extensions=ours.extensions,
                 recv_ssrcs=primary_ssrcs(theirs) if "recv" in ours_can else (),
                 send_ssrc=ours.send_ssrc if "send" in ours_can else None,
+                cname=ours.cname,
                 msid=ours.msid,
                 protocol=ours.protocol,
             )

@@ -3,6 +3,12 @@
 It turns SDP and trickled candidates into calls on a :class:`WebRtcTransport`, turns the
 transport's events into signaling events, sends periodic RTCP reports from the engine's
 statistics, and hands parsed RTCP feedback to the application.
+
+Both JSEP directions: the peer offers (:meth:`Peer.accept_offer`), or the server offers
+(:meth:`Peer.offer`, then :meth:`Peer.accept_answer`). The server may re-offer on the same
+transport as often as it likes, one offer outstanding at a time: the ICE credentials, DTLS
+certificate and role stay, the ``o=`` session version goes up, earlier m-sections keep their
+place (see docs/rooms.md, "Renegotiation rules").
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ from sfu.rtp.rtcp import (
     parse_rtcp,
     rtt_from_report,
 )
+from sfu.sdp.capabilities import DEFAULT_CAPABILITIES, RouterCapabilities
 from sfu.sdp.description import RemoteDescription, RemoteMedia, SdpError, parse_description
 from sfu.sdp.negotiate import (
     LocalParameters,
     NegotiatedMedia,
     answer_media,
     apply_answer,
+    check_reoffer,
     offer_media,
     write_description,
 )
@@ -44,6 +52,7 @@ from sfu.webrtc.transport import (
     TransportClosed,
     TransportConnected,
     TransportEvent,
+    TransportState,
     WebRtcTransport,
 )
 
@@ -75,7 +84,9 @@ class Peer:
         self._clock_rates: dict[int, int] = {}
         self.rtt: float | None = None
         self.closed = False
-        self._offered: list[NegotiatedMedia] | None = None
+        self._offered: list[NegotiatedMedia] | None = None  # the server offer awaiting an answer
+        self._session_id = secrets.randbits(62)
+        self._session_version = 0
 
     # -- negotiation ------------------------------------------------------------------------------
 
@@ -85,13 +96,15 @@ class Peer:
         *,
         send: Callable[[RemoteMedia], bool],
         recv: Callable[[RemoteMedia], bool],
+        caps: RouterCapabilities = DEFAULT_CAPABILITIES,
     ) -> str:
-        """The peer offers: negotiate, start ICE (controlled), return the answer."""
+        """The peer offers: negotiate (codecs from ``caps``), start ICE (controlled), return
+        the answer."""
         if self.transport is not None:
             raise AppError(409, "renegotiation is not supported yet: hang up first")
         try:
             remote = parse_description(sdp, "offer")
-            media = answer_media(remote, send=send, recv=recv)
+            media = answer_media(remote, send=send, recv=recv, caps=caps)
         except SdpError as exc:
             raise AppError(422, str(exc)) from None
         self.remote, self.media = remote, media
@@ -100,26 +113,65 @@ class Peer:
         return self._build_sdp(transport)
 
     def create_offer(self, kinds: list[str], direction: str = "sendrecv") -> str:
-        """The server offers (ICE controlling, DTLS actpass); candidates stay withheld until the
-        peer's answer or trickle reveals where to send first."""
+        """The server offers one section per kind (see :meth:`offer`)."""
         if self.transport is not None:
-            raise AppError(409, "renegotiation is not supported yet: hang up first")
-        self.media = offer_media(kinds, direction=direction)
-        self._offered = list(self.media)
-        transport = self._new_transport(IceRole.CONTROLLING)
-        transport.reveal_if_not_withholding()
-        return self._build_sdp(transport)
+            raise AppError(409, "a PeerConnection is already up: hang up first")
+        return self.offer(offer_media(kinds, direction=direction))
+
+    def offer(self, media: list[NegotiatedMedia]) -> str:
+        """The server offers ``media``.
+
+        The first offer creates the transport (ICE controlling, DTLS actpass); its candidates
+        stay withheld until the peer's answer or trickle reveals where to send first. Later
+        offers renegotiate on the same transport: ``media`` must keep every section offered
+        before at its index (it may append sections and make others inactive).
+        """
+        if self.closed:
+            raise AppError(409, "the PeerConnection is closed")
+        if self._offered is not None:
+            raise AppError(409, "an offer is already waiting for its answer")
+        if not media:
+            raise AppError(409, "nothing to offer")
+        transport = self.transport
+        if transport is not None:
+            try:
+                check_reoffer(self.media, media)
+            except SdpError as exc:
+                raise AppError(409, f"cannot renegotiate: {exc}") from None
+        self._offered = list(media)
+        if transport is None:
+            self.media = list(media)
+            transport = self._new_transport(IceRole.CONTROLLING)
+            transport.reveal_if_not_withholding()
+        return self._build_sdp(transport, self._offered)
+
+    @property
+    def offer_pending(self) -> bool:
+        """A server offer awaits its answer."""
+        return self._offered is not None
 
     def accept_answer(self, sdp: str) -> None:
-        if self.transport is None or self._offered is None or self.remote is not None:
+        """Apply the answer to the outstanding server offer (the first one or a re-offer)."""
+        if self.transport is None or self._offered is None or self.closed:
             raise AppError(409, "no server offer is waiting for an answer")
         try:
             remote = parse_description(sdp, "answer")
             media = apply_answer(self._offered, remote)
+            before = self.remote
+            if before is not None:
+                if (remote.ice_ufrag, remote.ice_pwd) != (before.ice_ufrag, before.ice_pwd):
+                    raise SdpError("the answer changes the ICE credentials (no ICE restart)")
+                if set(remote.fingerprints) != set(before.fingerprints):
+                    raise SdpError("the answer changes the DTLS fingerprint (no new DTLS session)")
         except SdpError as exc:
             raise AppError(422, str(exc)) from None
+        first = self.remote is None
+        self._offered = None
         self.remote, self.media = remote, media
-        self._apply_remote(remote)
+        if first:
+            self._apply_remote(remote)
+        else:
+            self._note_clock_rates()
 
     def _new_transport(self, role: IceRole) -> WebRtcTransport:
         server = self.ctx.server
@@ -137,15 +189,18 @@ class Peer:
         self._report_task = self.ctx.loop.create_task(self._report_loop())
         return transport
 
-    def _apply_remote(self, remote: RemoteDescription) -> None:
-        transport = self.transport
-        assert transport is not None
+    def _note_clock_rates(self) -> None:
         for m in self.media:
             if m.codec is not None:
                 for ssrc in m.recv_ssrcs:
                     self._clock_rates[ssrc] = m.codec.clock_rate
                 if m.send_ssrc is not None:
                     self._clock_rates[m.send_ssrc] = m.codec.clock_rate
+
+    def _apply_remote(self, remote: RemoteDescription) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._note_clock_rates()
         transport.set_remote(
             remote.ice_ufrag, remote.ice_pwd, list(remote.fingerprints), remote.setup
         )
@@ -157,9 +212,13 @@ class Peer:
         if remote.end_of_candidates:
             transport.add_remote_candidate(None)
 
-    def _build_sdp(self, transport: WebRtcTransport) -> str:
+    def _build_sdp(
+        self, transport: WebRtcTransport, media: list[NegotiatedMedia] | None = None
+    ) -> str:
+        """Our description; every one of this peer shares the session id, the version grows."""
+        self._session_version += 1
         text = write_description(
-            self.media,
+            self.media if media is None else media,
             LocalParameters(
                 ice_ufrag=transport.ice_ufrag,
                 ice_pwd=transport.ice_pwd,
@@ -169,6 +228,8 @@ class Peer:
                     "candidate:" + c.to_sdp() for c in self._pending_candidates if c is not None
                 ],
                 end_of_candidates=None in self._pending_candidates,
+                session_id=self._session_id,
+                session_version=self._session_version,
             ),
         )
         self._pending_candidates.clear()
@@ -268,6 +329,17 @@ class Peer:
     def send_rtcp(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.send_rtcp(data)
+
+    @property
+    def rtcp_ssrc(self) -> int:
+        """The SSRC the server's own RTCP (reports, PLI, REMB) is sent from on this peer."""
+        return self._reporter.sender_ssrc
+
+    @property
+    def connected(self) -> bool:
+        """ICE and DTLS are up: media flows."""
+        t = self.transport
+        return t is not None and not self.closed and t.state is TransportState.CONNECTED
 
     # -- teardown ---------------------------------------------------------------------------------
 

@@ -1,0 +1,253 @@
+"""A participant's subscription: ONE server-offered PeerConnection carrying every other
+publisher's tracks, renegotiated as publishers come and go.
+
+Each accepted m-section gets an engine consumer from the publisher's producer to this transport
+under the SSRC announced in the offer. RTCP from the subscriber is turned into work upstream:
+PLI/FIR into a keyframe request to the publisher, NACK into a retransmission from the
+consumer's cache, REMB into per-publisher bandwidth estimates.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiortc import rtp as artp
+
+from sfu.apps.base import AppContext, AppError
+from sfu.apps.room.feedback import remb_shares
+from sfu.apps.room.layout import SubscriberLayout
+from sfu.apps.room.model import Feed
+from sfu.engine.base import ConsumerSpec
+from sfu.rtp import rtcp
+from sfu.webrtc.peer import Peer
+
+if TYPE_CHECKING:
+    from sfu.apps.room.app import RoomApp
+
+NACK_CACHE = 512
+
+
+@dataclass(frozen=True)
+class Consumer:
+    consumer_id: int
+    mid: str
+    feed: Feed
+    dst_ssrc: int
+
+    @property
+    def kind(self) -> str:
+        return self.feed.track.kind
+
+
+def fir_ssrcs(fci: bytes) -> list[int]:
+    """The media SSRCs a FIR asks keyframes of (RFC 5104 4.3.1: 8-byte entries)."""
+    return [struct.unpack_from("!I", fci, i)[0] for i in range(0, len(fci) - 7, 8)]
+
+
+class SubscriberSession:
+    def __init__(self, app: RoomApp, ctx: AppContext, room: str, participant_id: str) -> None:
+        self.app = app
+        self.ctx = ctx
+        self.room = room
+        self.participant_id = participant_id
+        self.layout = SubscriberLayout()
+        self.peer: Peer | None = None
+        self.consumers: dict[str, Consumer] = {}  # by mid
+        self.closed = False
+        self._dirty = False
+        self.offers = 0
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "keyframe_requests_in",
+                "nacks_in",
+                "nack_seqs",
+                "retransmitted",
+                "rembs_in",
+            ),
+            0,
+        )
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.room, self.participant_id, "subscriber")
+
+    # -- negotiation ------------------------------------------------------------------------------
+
+    def start(self) -> dict[str, Any]:
+        """The first offer (None when there is nothing to receive yet) for the subscribe reply."""
+        sdp = self._next_offer()
+        return {"type": "offer", "sdp": sdp, "streams": self.layout.streams()}
+
+    def refresh(self) -> None:
+        """The room's tracks changed: re-offer, or remember to once the pending answer is in."""
+        if self.closed:
+            return
+        if self.peer is not None and self.peer.offer_pending:
+            self._dirty = True
+            return
+        sdp = self._next_offer()
+        if sdp is not None:
+            self.ctx.emit("offer", {"sdp": sdp, "streams": self.layout.streams()})
+
+    def _next_offer(self) -> str | None:
+        change = self.layout.update(self.app.rooms.feeds_for(self.room, self.participant_id))
+        if change is None:
+            return None
+        for slot in change.removed:
+            self._drop_consumer(slot.mid)
+        if self.peer is None:
+            self.peer = Peer(
+                self.ctx,
+                on_rtcp=self._on_rtcp,
+                on_connected=self._on_connected,
+                on_closed=self._on_closed,
+            )
+        self.offers += 1
+        return self.peer.offer(self.layout.media())
+
+    def accept_answer(self, sdp: str) -> None:
+        peer = self.peer
+        if peer is None or not peer.offer_pending:
+            raise AppError(409, "no offer is waiting for an answer")
+        peer.accept_answer(sdp)
+        self._sync_consumers()
+        if self._dirty:
+            self._dirty = False
+            self.refresh()
+
+    def _sync_consumers(self) -> None:
+        """Consumers for exactly the sections the answer accepted and whose feed still exists."""
+        peer = self.peer
+        if peer is None or peer.closed or peer.transport is None:
+            return
+        negotiated = {m.mid: m for m in peer.media}
+        current = {f.key for f in self.app.rooms.feeds_for(self.room, self.participant_id)}
+        for slot in self.layout.slots:
+            m = negotiated.get(slot.mid)
+            feed = slot.feed
+            wanted = (
+                feed is not None
+                and feed.key in current
+                and m is not None
+                and m.send_ssrc is not None
+                and m.codec is not None
+            )
+            if not wanted:
+                self._drop_consumer(slot.mid)
+                continue
+            assert feed is not None and m is not None and m.codec is not None
+            assert m.send_ssrc is not None
+            if slot.mid in self.consumers:
+                continue
+            track = feed.track
+            cid = self.app.next_consumer_id()
+            pt_in, pt_out = track.codec.payload_type, m.codec.payload_type
+            self.ctx.server.engine.add_consumer(
+                ConsumerSpec(
+                    consumer_id=cid,
+                    src_transport=track.source.transport_id,
+                    src_ssrc=track.source.ssrc,
+                    dst_transport=peer.transport.id,
+                    dst_ssrc=m.send_ssrc,
+                    clock_rate=track.codec.clock_rate,
+                    cache_size=NACK_CACHE if track.kind == "video" else 0,
+                    payload_type_map=((pt_in, pt_out),) if pt_in != pt_out else (),
+                )
+            )
+            consumer = Consumer(cid, slot.mid, feed, m.send_ssrc)
+            self.consumers[slot.mid] = consumer
+            if consumer.kind == "video" and peer.connected:
+                self.app.request_keyframe(self.room, feed)
+
+    def _drop_consumer(self, mid: str) -> None:
+        consumer = self.consumers.pop(mid, None)
+        if consumer is not None:
+            self.ctx.server.engine.remove_consumer(consumer.consumer_id)
+
+    def add_remote_candidate(self, candidate: dict[str, Any] | None) -> None:
+        if self.peer is None or self.peer.transport is None:
+            raise AppError(409, "a candidate arrived before the server's offer")
+        self.peer.add_remote_candidate(candidate)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _on_connected(self) -> None:
+        for consumer in self.consumers.values():
+            if consumer.kind == "video":
+                self.app.request_keyframe(self.room, consumer.feed)
+
+    def close(self, reason: str) -> None:
+        if self.peer is not None and not self.peer.closed:
+            self.peer.close(reason)  # -> _on_closed
+        else:
+            self._on_closed(reason)
+
+    def _on_closed(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.consumers.clear()  # the engine dropped them with the transport
+        self.ctx.emit("hangup", {"reason": reason})
+        self.app.subscription_ended(self)
+
+    # -- RTCP from the subscriber ---------------------------------------------------------------
+
+    def _on_rtcp(self, packets: list[rtcp.RtcpItem]) -> None:
+        by_dst = {c.dst_ssrc: c for c in self.consumers.values()}
+        for p in packets:
+            if isinstance(p, artp.RtcpPsfbPacket):
+                if p.fmt == artp.RTCP_PSFB_PLI:
+                    self._keyframe(by_dst.get(p.media_ssrc))
+                elif p.fmt == artp.RTCP_PSFB_FIR:
+                    for ssrc in fir_ssrcs(p.fci) or [p.media_ssrc]:
+                        self._keyframe(by_dst.get(ssrc))
+                elif rtcp.is_remb(p):
+                    self._on_remb(p.fci, by_dst)
+            elif isinstance(p, artp.RtcpRtpfbPacket) and p.fmt == artp.RTCP_RTPFB_NACK:
+                self.counters["nacks_in"] += 1
+                self.counters["nack_seqs"] += len(p.lost)
+                target = by_dst.get(p.media_ssrc)
+                if target is not None:
+                    found = self.ctx.server.engine.retransmit(target.consumer_id, p.lost)
+                    self.counters["retransmitted"] += found
+
+    def _keyframe(self, consumer: Consumer | None) -> None:
+        self.counters["keyframe_requests_in"] += 1
+        if consumer is not None and consumer.kind == "video":
+            self.app.request_keyframe(self.room, consumer.feed)
+
+    def _on_remb(self, fci: bytes, by_dst: dict[int, Consumer]) -> None:
+        try:
+            bitrate, ssrcs = artp.unpack_remb_fci(fci)
+        except ValueError:
+            return
+        self.counters["rembs_in"] += 1
+        owners: dict[int, Hashable] = {
+            ssrc: c.feed.participant_id for ssrc, c in by_dst.items() if c.kind == "video"
+        }
+        for participant_id, share in remb_shares(bitrate, ssrcs, owners).items():
+            self.app.on_estimate(self.room, str(participant_id), self.key, share)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "offers": self.offers,
+            "offer_pending": bool(self.peer and self.peer.offer_pending),
+            "streams": self.layout.streams(),
+            "consumers": [
+                {
+                    "mid": c.mid,
+                    "kind": c.kind,
+                    "participant": c.feed.participant_id,
+                    "dst_ssrc": c.dst_ssrc,
+                    "src_ssrc": c.feed.track.source.ssrc,
+                }
+                for c in self.consumers.values()
+            ],
+            "rtcp": dict(self.counters),
+        }
+        if self.peer is not None:
+            out["peer"] = self.peer.stats()
+        return out
