@@ -11,7 +11,6 @@ NACKs are served from the consumer's retransmission cache.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ log = logging.getLogger(__name__)
 NACK_CACHE = 512
 PLI_MIN_INTERVAL = 0.5
 REMB_INTERVAL = 1.0
-_consumer_ids = itertools.count(1)
 
 
 @dataclass
@@ -151,7 +149,7 @@ class EchoTestHandle(AppHandle):
                 continue
             src = m.recv_ssrcs[0]
             engine.add_producer(ProducerSpec(tid, src, m.kind, m.codec.clock_rate))
-            cid = next(_consumer_ids)
+            cid = self.ctx.server.next_consumer_id()
             engine.add_consumer(
                 ConsumerSpec(
                     consumer_id=cid,

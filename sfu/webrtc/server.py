@@ -135,6 +135,7 @@ class WebRtcServer:
         self._by_ufrag: dict[str, WebRtcTransport] = {}
         self._bound: dict[tuple[SocketKey, Addr], WebRtcTransport] = {}
         self._ids = itertools.count(1)
+        self._consumer_ids = itertools.count(1)
         self._candidates: list[tuple[Candidate, int]] = []
         self._relays = TurnRelays(engine, self._route)
         self._probes: BindingProbes | None = None
@@ -485,6 +486,10 @@ class WebRtcServer:
 
     def next_transport_id(self) -> int:
         return next(self._ids)
+
+    def next_consumer_id(self) -> int:
+        """Engine consumer ids are unique per server, whichever application creates them."""
+        return next(self._consumer_ids)
 
     def register(self, transport: WebRtcTransport) -> None:
         self._by_id[transport.id] = transport

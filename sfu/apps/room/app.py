@@ -8,7 +8,6 @@ publisher it is about.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 # this application read before the [rooms] section existed.
 ENV_TOKEN_SECRETS = ("SFU_ROOMS_TOKEN_SECRET", "SFU_ROOM_TOKEN_SECRET")
 # Engine consumer ids of this application start here, away from the echo test's (from 1).
-CONSUMER_ID_BASE = 1 << 40
 
 Key = tuple[str, str]  # (room, participant id)
 
@@ -55,7 +53,6 @@ class RoomApp(Application):
         self.members: dict[Key, RoomHandle] = {}  # the participant's own (join) handle
         self.publishers: dict[Key, PublisherSession] = {}
         self.subscribers: dict[Key, SubscriberSession] = {}
-        self._consumer_ids = itertools.count(CONSUMER_ID_BASE)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RoomApp:
@@ -77,9 +74,6 @@ class RoomApp(Application):
         from sfu.apps.room.handle import RoomHandle
 
         return RoomHandle(ctx, self)
-
-    def next_consumer_id(self) -> int:
-        return next(self._consumer_ids)
 
     # -- fan-out --------------------------------------------------------------------------------
 

@@ -143,7 +143,7 @@ class SubscriberSession:
             if slot.mid in self.consumers:
                 continue
             track = feed.track
-            cid = self.app.next_consumer_id()
+            cid = self.ctx.server.next_consumer_id()
             pt_in, pt_out = track.codec.payload_type, m.codec.payload_type
             self.ctx.server.engine.add_consumer(
                 ConsumerSpec(
