@@ -205,21 +205,6 @@ def cmd_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
-    def command(args: argparse.Namespace) -> int:
-        print(f"sfu {name}: not implemented yet", file=sys.stderr)
-        return EXIT_USAGE
-
-    return command
-
-
-# PLACEHOLDER(lead): these commands are not wired yet. To wire one, replace its entry with a
-# function that adds its options to the subparser and sets `handler`.
-_PLACEHOLDERS: Final = {
-    "bench": "measure forwarding throughput and latency",
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``sfu`` argument parser with all subcommands."""
     formatter = argparse.RawDescriptionHelpFormatter
@@ -293,6 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     natlab_command.add_arguments(natlab)
     natlab.set_defaults(handler=natlab_command.run_command)
 
+    from sfu.bench import command as bench_command  # argparse only; the bench loads on use
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure forwarding throughput, latency and memory against a C floor",
+        description=bench_command.DESCRIPTION,
+        formatter_class=formatter,
+    )
+    bench_command.add_arguments(bench)
+    bench.set_defaults(handler=bench_command.run)
+
     token = commands.add_parser(
         "token",
         help="mint a room access token (HS256 JWT) for a client",
@@ -313,21 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--config", help="TOML file to read [rooms] token_secret from")
     token.set_defaults(handler=cmd_token)
-
-    for name, text in _PLACEHOLDERS.items():
-        placeholder = commands.add_parser(
-            name, help=f"{text} (not implemented yet)", description=f"Not implemented yet: {text}."
-        )
-        placeholder.set_defaults(handler=_not_implemented(name), takes_any_arguments=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sfu`` console script; returns the exit status."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "takes_any_arguments", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

@@ -170,12 +170,6 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"sfu {__version__}"
 
 
-@pytest.mark.parametrize("command", ["bench"])
-def test_placeholders_exit_2(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([command, "--anything", "x"]) == 2
-    assert capsys.readouterr().err == f"sfu {command}: not implemented yet\n"
-
-
 # ---------------------------------------------------------------------------- logging
 
 

@@ -1,0 +1,396 @@
+"""Results of ``sfu bench``: trials, per-target figures, engine/floor ratios, the table and JSON."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+LOSS_LIMIT = 0.001  # "the highest output rate with under 0.1% loss"
+TARGET_CPU_RATIO = 1.3
+TARGET_P99_US = 2000.0
+TARGET_BYTES_PER_SUBSCRIBER = 64 * 1024
+
+
+@dataclass(slots=True)
+class Trial:
+    """One run of the load at a fixed rate, as the load generator and /proc saw it."""
+
+    video_pps: float  # per publisher (audio: 50 pps per publisher on top)
+    seconds: float
+    sent: int  # packets the publishers sent
+    expected: int  # copies the subscribers should get
+    received_on_time: int  # by the end of the trial + grace
+    received: int  # after draining
+    gaps: int
+    late: int
+    auth_failures: int
+    replayed: int
+    unknown: int  # datagrams with an SSRC the subscriber did not expect
+    bad_payload: int  # decrypted fine but not our payload
+    send_errors: int
+    behind_ticks: int
+    loadgen_cpu_s: float
+    samples: int
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    p999_us: float
+    max_us: float
+    server_cpu_s: float = 0.0
+    server_out: int = 0  # datagrams the server sent (its own counter)
+    drops_server: int = 0  # UDP receive-buffer drops in the server namespace
+    drops_load: int = 0  # same in the load namespace (subscriber sockets)
+    machine_busy_s: float = 0.0  # CPU time of the whole machine (every process, softirqs)
+    wall_s: float = 0.0  # the interval the CPU times cover (trial, grace and drain)
+
+    @property
+    def loss(self) -> float:
+        if self.expected <= 0:
+            return 0.0
+        return max(0.0, 1.0 - self.received_on_time / self.expected)
+
+    @property
+    def passed(self) -> bool:
+        return self.expected > 0 and self.loss < LOSS_LIMIT
+
+    @property
+    def offered_out_pps(self) -> float:
+        return self.expected / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def out_pps(self) -> float:
+        return self.server_out / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_us_per_pkt(self) -> float:
+        return self.server_cpu_s / self.server_out * 1e6 if self.server_out > 0 else 0.0
+
+    @property
+    def server_cores(self) -> float:
+        return self.server_cpu_s / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def loadgen_cores(self) -> float:
+        return self.loadgen_cpu_s / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def other_cores(self) -> float:
+        """Busy cores not accounted to the server or the load generator: kernel threads
+        (ksoftirqd), the runner, and anything else running on the machine (noise)."""
+        if self.wall_s <= 0:
+            return 0.0
+        other = self.machine_busy_s - self.server_cpu_s - self.loadgen_cpu_s
+        return max(0.0, other / self.wall_s)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            loss=self.loss,
+            passed=self.passed,
+            offered_out_pps=self.offered_out_pps,
+            out_pps=self.out_pps,
+            cpu_us_per_pkt=self.cpu_us_per_pkt,
+            server_cores=self.server_cores,
+            loadgen_cores=self.loadgen_cores,
+            other_cores=self.other_cores,
+        )
+        return out
+
+    @classmethod
+    def from_loadgen(cls, reply: dict[str, Any]) -> Trial:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in reply.items() if k in names})
+
+
+@dataclass(slots=True)
+class TargetResult:
+    """One server (engine, floor, plain floor) under one scenario and profile."""
+
+    scenario: str
+    profile: str  # SRTP profile name, or "plain"
+    target: str  # "engine" | "floor"
+    server: str  # engine name ("cython", "python") or "floor"
+    publishers: int
+    receivers: int
+    consumers: int
+    fanout: int
+    trials: list[Trial] = field(default_factory=list)
+    best: Trial | None = None  # the highest passing trial of the search
+    half: Trial | None = None  # at half of best's rate: latency
+    ref_trials: list[Trial] = field(default_factory=list)  # at the rate shared with the engine
+    server_counters: dict[str, int] = field(default_factory=dict)  # srtp_errors, unrouted, ...
+    limit: str = ""  # what limited the search: "server", "load", "budget", "none"
+    error: str = ""
+
+    @property
+    def ref(self) -> Trial | None:
+        """The median (by CPU per packet) of the reference trials."""
+        trials = sorted(self.ref_trials, key=lambda t: t.cpu_us_per_pkt)
+        return trials[(len(trials) - 1) // 2] if trials else None
+
+    @property
+    def latency_trials(self) -> list[Trial]:
+        """Trials at the reference rate (the engine's half maximum): the half-rate trial when
+        it ran at that rate, and the alternating reference trials."""
+        trials = list(self.ref_trials)
+        if self.half is not None and all(self.half is not t for t in trials):
+            if not trials or abs(self.half.video_pps - trials[0].video_pps) < 1e-3:
+                trials.insert(0, self.half)
+        return trials or ([self.half] if self.half else [])
+
+    @property
+    def p50_us(self) -> float | None:
+        """Median over :attr:`latency_trials` of each trial's p50 one-way delay."""
+        values = [t.p50_us for t in self.latency_trials if t.samples]
+        return statistics.median(values) if values else None
+
+    @property
+    def p99_us(self) -> float | None:
+        """Median over :attr:`latency_trials` of each trial's p99: one trial disturbed by other
+        work on the machine does not decide it."""
+        values = [t.p99_us for t in self.latency_trials if t.samples]
+        return statistics.median(values) if values else None
+
+    @property
+    def max_out_pps(self) -> float:
+        return self.best.out_pps if self.best else 0.0
+
+    def cpu_at(self, which: str) -> float:
+        trial = {"max": self.best, "half": self.half, "ref": self.ref}[which]
+        return trial.cpu_us_per_pkt if trial else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        def t(x: Trial | None) -> dict[str, Any] | None:
+            return x.to_json() if x else None
+
+        return {
+            "scenario": self.scenario,
+            "profile": self.profile,
+            "target": self.target,
+            "server": self.server,
+            "publishers": self.publishers,
+            "receivers": self.receivers,
+            "consumers": self.consumers,
+            "fanout": self.fanout,
+            "max_out_pps": self.max_out_pps,
+            "cpu_us_per_pkt_max": self.cpu_at("max"),
+            "cpu_us_per_pkt_half": self.cpu_at("half"),
+            "cpu_us_per_pkt_ref": self.cpu_at("ref"),
+            "ref_out_pps": self.ref.offered_out_pps if self.ref else 0.0,
+            "loss_at_max": self.best.loss if self.best else None,
+            "loss_at_half": self.half.loss if self.half else None,
+            "p50_us": self.p50_us,
+            "p99_us": self.p99_us,
+            "latency_trials": len(self.latency_trials),
+            "p50_us_own_half": self.half.p50_us if self.half else None,
+            "p99_us_own_half": self.half.p99_us if self.half else None,
+            "limit": self.limit,
+            "error": self.error,
+            "server_counters": self.server_counters,
+            "best": t(self.best),
+            "half": t(self.half),
+            "ref": t(self.ref),
+            "ref_trials": [x.to_json() for x in self.ref_trials],
+            "trials": [x.to_json() for x in self.trials],
+        }
+
+
+@dataclass(slots=True)
+class MemoryResult:
+    """RSS of the engine process: before any traffic, with the first subscriber (the
+    publishers' NACK caches then fill), with half the subscribers, and with all of them
+    (each after traffic)."""
+
+    scenario: str
+    profile: str
+    server: str
+    subscribers: int
+    consumers: int
+    rss_base: int
+    rss_first: int  # one subscriber: publisher caches filled
+    rss_half: int  # half_subscribers subscribers
+    half_subscribers: int
+    rss_full: int
+    video_packets: int  # sent per video stream in each traffic step
+
+    @property
+    def per_subscriber(self) -> float:
+        return (self.rss_full - self.rss_base) / self.subscribers if self.subscribers else 0.0
+
+    @property
+    def per_subscriber_excl_cache(self) -> float:
+        """Without the per-publisher retransmission cache: from the first subscriber's step
+        (the caches are full by then) to the last."""
+        if self.subscribers < 2:
+            return 0.0
+        return (self.rss_full - self.rss_first) / (self.subscribers - 1)
+
+    @property
+    def per_subscriber_marginal(self) -> float:
+        """What each of the second half of the subscribers added: one-time allocations (tables,
+        buffers made on first use) left out."""
+        n = self.subscribers - self.half_subscribers
+        return (self.rss_full - self.rss_half) / n if n > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            per_subscriber_bytes=self.per_subscriber,
+            per_subscriber_excl_cache_bytes=self.per_subscriber_excl_cache,
+            per_subscriber_marginal_bytes=self.per_subscriber_marginal,
+        )
+        return out
+
+
+@dataclass(slots=True)
+class Ratio:
+    scenario: str
+    profile: str
+    cpu_ratio: float  # engine / floor CPU per packet out at the same rate (the target's)
+    cpu_ratio_max: float  # same, each at its highest passing rate
+    max_rate_ratio: float  # engine / floor highest output rate
+    p99_ratio: float  # engine / floor p99 at the reference rate
+
+
+@dataclass(slots=True)
+class BenchReport:
+    machine: dict[str, Any]
+    engine: str
+    quick: bool
+    settings: dict[str, Any]
+    results: list[TargetResult] = field(default_factory=list)
+    memory: list[MemoryResult] = field(default_factory=list)
+    started: str = ""
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def find(self, scenario: str, profile: str, target: str) -> TargetResult | None:
+        for r in self.results:
+            if (r.scenario, r.profile, r.target) == (scenario, profile, target):
+                return r
+        return None
+
+    def ratios(self) -> list[Ratio]:
+        out: list[Ratio] = []
+        for e in self.results:
+            if e.target != "engine":
+                continue
+            f = self.find(e.scenario, e.profile, "floor")
+            if f is None:
+                continue
+            out.append(
+                Ratio(
+                    e.scenario,
+                    e.profile,
+                    _div(e.cpu_at("ref"), f.cpu_at("ref")),
+                    _div(e.cpu_at("max"), f.cpu_at("max")),
+                    _div(e.max_out_pps, f.max_out_pps),
+                    _div(e.p99_us or 0.0, f.p99_us or 0.0),
+                )
+            )
+        return out
+
+    def targets(self) -> list[dict[str, Any]]:
+        """The issue's targets, each with the worst value seen and whether it is met."""
+        ratios = [r.cpu_ratio for r in self.ratios() if r.cpu_ratio > 0]
+        p99s = [r.p99_us for r in self.results if r.target == "engine" and r.p99_us is not None]
+        mem = [m.per_subscriber_excl_cache for m in self.memory]
+
+        def row(name: str, limit: float, values: list[float]) -> dict[str, Any]:
+            worst = max(values) if values else None
+            met = None if worst is None else worst <= limit
+            return {"name": name, "limit": limit, "worst": worst, "met": met}
+
+        return [
+            row("cpu_per_packet_ratio", TARGET_CPU_RATIO, ratios),
+            row("p99_us_at_half_max", TARGET_P99_US, p99s),
+            row("bytes_per_subscriber_excl_cache", TARGET_BYTES_PER_SUBSCRIBER, mem),
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "started": self.started,
+            "seconds": self.seconds,
+            "quick": self.quick,
+            "engine": self.engine,
+            "machine": self.machine,
+            "settings": self.settings,
+            "results": [r.to_json() for r in self.results],
+            "ratios": [asdict(r) for r in self.ratios()],
+            "memory": [m.to_json() for m in self.memory],
+            "targets": self.targets(),
+            "notes": self.notes,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if a > 0 and b > 0 else 0.0
+
+
+def _f(value: float | None, fmt: str) -> str:
+    return "-" if value is None or value <= 0 else format(value, fmt)
+
+
+PROFILE_SHORT = {"AES_CM_128_HMAC_SHA1_80": "AES-CM", "AEAD_AES_128_GCM": "GCM", "plain": "plain"}
+
+
+def format_table(report: BenchReport) -> str:
+    """The per-target table, the ratios, memory and targets, as aligned text (markdown-ready)."""
+    lines = [
+        "| scenario | profile | server | max out pps | us CPU/pkt @max | us CPU/pkt @ref "
+        "| ref out pps | p50 us @ref | p99 us @ref | server cores @max | load cores @max "
+        "| other cores @max | limit |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in report.results:
+        b = r.best
+        lines.append(
+            f"| {r.scenario} | {PROFILE_SHORT.get(r.profile, r.profile)} | {r.server} "
+            f"| {_f(r.max_out_pps, ',.0f')} | {_f(r.cpu_at('max'), '.2f')} "
+            f"| {_f(r.cpu_at('ref'), '.2f')} "
+            f"| {_f(r.ref.offered_out_pps if r.ref else None, ',.0f')} "
+            f"| {_f(r.p50_us, '.0f')} | {_f(r.p99_us, '.0f')} "
+            f"| {_f(b.server_cores if b else None, '.2f')} "
+            f"| {_f(b.loadgen_cores if b else None, '.2f')} "
+            f"| {_f(b.other_cores if b else None, '.2f')} | {r.error or r.limit} |"
+        )
+    ratios = report.ratios()
+    if ratios:
+        lines += [
+            "",
+            "| scenario | profile | CPU/pkt engine/floor @ref | @max | max rate engine/floor "
+            "| p99 engine/floor |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for x in ratios:
+            lines.append(
+                f"| {x.scenario} | {PROFILE_SHORT.get(x.profile, x.profile)} "
+                f"| {_f(x.cpu_ratio, '.2f')} | {_f(x.cpu_ratio_max, '.2f')} "
+                f"| {_f(x.max_rate_ratio, '.2f')} | {_f(x.p99_ratio, '.2f')} |"
+            )
+    if report.memory:
+        lines += [
+            "",
+            "| memory | profile | server | subscribers | KiB/subscriber | KiB/subscriber "
+            "excl. publisher cache | KiB per added subscriber (last half) |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        for m in report.memory:
+            lines.append(
+                f"| {m.scenario} | {PROFILE_SHORT.get(m.profile, m.profile)} | {m.server} "
+                f"| {m.subscribers} | {m.per_subscriber / 1024:.1f} "
+                f"| {m.per_subscriber_excl_cache / 1024:.1f} "
+                f"| {m.per_subscriber_marginal / 1024:.1f} |"
+            )
+    lines += ["", "| target | limit | worst | met |", "|---|---:|---:|---|"]
+    for t in report.targets():
+        met = {True: "yes", False: "NO", None: "not measured"}[t["met"]]
+        worst = "-" if t["worst"] is None else f"{t['worst']:,.2f}"
+        lines.append(f"| {t['name']} | {t['limit']:,} | {worst} | {met} |")
+    return "\n".join(lines)
