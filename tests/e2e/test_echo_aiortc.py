@@ -80,13 +80,21 @@ def test_echo_over_ipv6() -> None:
     assert pair["remote"]["address"] == "2001:db8::2"
 
 
-def test_a_public_server_reveals_its_candidates_at_once() -> None:
-    """No NAT in front of the server (all its addresses public): nothing to withhold, the
-    candidates are in the offer and the peer saves a signaling round trip."""
+def test_a_published_port_reveals_the_candidates_at_once() -> None:
+    """Every candidate comes from an explicit announce rule (a published port: DNAT, no race):
+    nothing to withhold, the candidates are in the offer and the peer saves a round trip."""
     need_netns()
     with netns("srv") as srv, netns("cli") as cli:
         link(srv, "198.51.100.1/24", cli, "198.51.100.2/24")
-        with sfu_process(srv, "--http-listen", "0.0.0.0:8080", "--media-port", "40000"):
+        args = (
+            "--http-listen",
+            "0.0.0.0:8080",
+            "--media-port",
+            "40000",
+            "--announce",
+            "198.51.100.1",
+        )
+        with sfu_process(srv, *args):
             result = run_json(cli, [*CLIENT, "ws://198.51.100.1:8080/ws", "--server-offers"])
     _check_echo(result)
     assert result["candidates_in_offer"] >= 1

@@ -16,7 +16,7 @@ def _server(*rules: AnnounceRule) -> WebRtcServer:
     return server
 
 
-def test_private_addresses_without_stun_withhold() -> None:
+def test_without_announce_rules_candidates_are_withheld() -> None:
     server = _server()
     try:
         assert server.withhold_candidates
