@@ -18,12 +18,19 @@ from aiohttp import WSMsgType, web
 
 from sfu.apps.echotest import EchoTest
 from sfu.apps.room import RoomApp, RoomPolicy
-from sfu.config import Config, RoomsConfig
+from sfu.apps.streaming import StreamingApp
+from sfu.config import Config, MediaMode, RoomsConfig, StreamingConfig
 from sfu.doctor.live import EngineTap, LiveDoctor, doctor_settings
 from sfu.dtls.certificate import Certificate
-from sfu.engine.base import Engine
+from sfu.engine.base import IngestEngine
 from sfu.ice.agent import IceConfig
 from sfu.signaling.connection import Core, SignalingConnection
+from sfu.streaming.api import setup_routes as setup_mountpoint_routes
+from sfu.streaming.hub import MediaHub
+from sfu.streaming.lazystore import open_store
+from sfu.streaming.registry import MountpointRegistry
+from sfu.streaming.whep import setup_whep_routes
+from sfu.streaming.whip import setup_whip_routes
 from sfu.webrtc.server import MediaSettings, WebRtcServer
 from sfu.webrtc.transport import TransportConfig
 
@@ -45,6 +52,7 @@ class ServerSettings:
     http: HttpSettings = field(default_factory=HttpSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    streaming: StreamingConfig = field(default_factory=lambda: StreamingConfig(db_path=":memory:"))
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     max_frame_bytes: int = 256 * 1024
     max_sessions: int = 10000
@@ -72,6 +80,7 @@ def settings_from_config(config: Config) -> ServerSettings:
         http=http,
         media=MediaSettings.from_config(config),
         transport=transport,
+        streaming=config.streaming,
         rooms=config.rooms,
         max_frame_bytes=config.limits.max_ws_message_bytes,
         max_sessions=config.limits.max_sessions or 1_000_000,
@@ -83,7 +92,7 @@ def run(config: Config) -> Coroutine[Any, Any, None]:
     return serve_forever(settings_from_config(config))
 
 
-def make_engine() -> Engine:
+def make_engine() -> IngestEngine:
     """The C engine when it is built, else the reference engine.
 
     ``SFU_ENGINE=python`` or ``SFU_ENGINE=cython`` forces one (``cython`` fails if not built).
@@ -110,7 +119,7 @@ def make_engine() -> Engine:
 class SfuServer:
     """The whole server: build with settings, ``await start()``, ``await stop()``."""
 
-    def __init__(self, settings: ServerSettings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: ServerSettings, engine: IngestEngine | None = None) -> None:
         self.settings = settings
         self.engine = engine or make_engine()
         self.media_tap = EngineTap(self.engine)  # lets the doctor probe from the media sockets
@@ -135,10 +144,33 @@ class SfuServer:
             max_frame_bytes=settings.max_frame_bytes,
             max_handles=settings.max_sessions,
         )
+        self._setup_streaming()
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self.http_addresses: list[tuple[str, int]] = []
         self._connections: set[web.WebSocketResponse] = set()
+
+    def _setup_streaming(self) -> None:
+        """Mountpoints: the registry (REST API, persistence), the media hub, the watch app."""
+        cfg = self.settings.streaming
+        media = self.settings.media.media
+        reserved = (
+            range(media.port_min, media.port_max + 1)
+            if media.mode is MediaMode.PORT_RANGE
+            else (media.port,)
+        )
+        self.hub = MediaHub(
+            self.engine, self.webrtc, self.core.certificate, self.settings.transport
+        )
+        self.registry = MountpointRegistry(
+            admin_key=cfg.admin_key,
+            store=open_store(cfg.db_path),
+            rtp_port_min=cfg.rtp_port_min,
+            rtp_port_max=cfg.rtp_port_max,
+            reserved_ports=reserved,
+            source_factory=self.hub.make_source,
+        )
+        self.core.applications["streaming"] = StreamingApp(self.registry, self.hub)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -146,6 +178,7 @@ class SfuServer:
         self.webrtc.open()
         self.webrtc.start()
         await self.webrtc.gather()  # STUN srflx, TURN relays: before any transport exists
+        await self.registry.start()  # permanent mountpoints back, their sources started
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         ssl_ctx = None
@@ -177,6 +210,9 @@ class SfuServer:
             await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.registry.close()
+        if self.registry.store is not None:
+            self.registry.store.close()
         self.webrtc.close()
 
     # -- HTTP -------------------------------------------------------------------------------------
@@ -189,6 +225,9 @@ class SfuServer:
         app.router.add_get("/api/doctor", self._doctor)
         app.router.add_get("/api/sessions", self._sessions)
         app.router.add_get("/api/sessions/{handle}/stats", self._session_stats)
+        setup_mountpoint_routes(app, self.registry)
+        setup_whip_routes(app, self.registry, self.hub)
+        setup_whep_routes(app, self.registry, self.hub)
         web_dir = self.settings.http.web_dir
         if web_dir.is_dir():
             app.router.add_get("/", self._index)

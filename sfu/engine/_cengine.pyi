@@ -12,6 +12,9 @@ CTL_CAPACITY: Final[int]
 def classify(data: bytes) -> int:
     """RFC 7983 kind of a datagram (the values of sfu.rtp.demux.PacketKind), computed in C."""
 
+def starts_keyframe(codec: str, packet: bytes) -> bool:
+    """Whether an RTP packet starts a keyframe of ``codec``, computed in C (sfu_keyframe_start)."""
+
 class Core:
     """One C engine: call the methods from one thread (the event loop), ``run`` from another."""
 
@@ -44,6 +47,7 @@ class Core:
         remote_salt: bytes,
     ) -> None: ...
     def remove_transport(self, transport_id: int) -> None: ...
+    def add_ingest(self, transport_id: int, socket_id: int, ssrc: int) -> None: ...
     def add_producer(
         self, transport_id: int, ssrc: int, clock_rate: int, cache_size: int
     ) -> None: ...
@@ -58,6 +62,7 @@ class Core:
         clock_rate: int,
         cache_size: int,
         payload_type_map: Iterable[tuple[int, int]],
+        keyframe_gate: str = "",
     ) -> None: ...
     def remove_consumer(self, consumer_id: int) -> None: ...
     def pause_consumer(self, consumer_id: int, paused: bool) -> None: ...

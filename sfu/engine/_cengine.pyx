@@ -25,6 +25,7 @@ from sfu.engine.csrc.engine cimport (
     sfu_ctl_entry,
     sfu_engine,
     sfu_engine_add_consumer,
+    sfu_engine_add_ingest,
     sfu_engine_add_producer,
     sfu_engine_add_socket,
     sfu_engine_bind,
@@ -53,6 +54,7 @@ from sfu.engine.csrc.engine cimport (
     sfu_engine_shutdown,
     sfu_engine_transport_stats,
     sfu_engine_unbind_channel,
+    sfu_keyframe_start,
     sfu_stream_counters,
     sfu_transport_counters,
 )
@@ -64,7 +66,13 @@ from sfu.engine.csrc.srtp cimport (
     SFU_SRTP_PROFILE_AES_CM_128_HMAC_SHA1_80,
 )
 
-from sfu.engine.base import ControlKind, ControlPacket, StreamStats, TransportStats
+from sfu.engine.base import (
+    KEYFRAME_CODECS,
+    ControlKind,
+    ControlPacket,
+    StreamStats,
+    TransportStats,
+)
 
 RECV_SIZE = SFU_ENGINE_RECV_SIZE
 BATCH = SFU_ENGINE_BATCH
@@ -80,6 +88,24 @@ def classify(data: bytes) -> int:
     if view.shape[0] == 0:
         return sfu_classify(NULL, 0)
     return sfu_classify(&view[0], <size_t>view.shape[0])
+
+
+cdef int _gate(str codec) except -1:
+    """The SFU_GATE_* value of a keyframe gate codec ("" = none)."""
+    if not codec:
+        return 0
+    if codec not in KEYFRAME_CODECS:
+        raise ValueError(f"no keyframe rule for {codec!r}")
+    return KEYFRAME_CODECS.index(codec) + 1
+
+
+def starts_keyframe(str codec, bytes packet not None) -> bool:
+    """Whether an RTP packet starts a keyframe of ``codec``, computed in C (sfu_keyframe_start)."""
+    cdef int gate = _gate(codec)
+    cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(packet)
+    if gate == 0:
+        raise ValueError("no codec given")
+    return sfu_keyframe_start(gate, p, <size_t>len(packet)) != 0
 
 
 cdef int _parse(sfu_addr *out, object addr) except -1:
@@ -284,6 +310,12 @@ cdef class Core:
         with nogil:
             sfu_engine_remove_transport(self._e, transport_id)
 
+    def add_ingest(self, int64_t transport_id, int socket_id, uint32_t ssrc) -> None:
+        cdef int rc
+        with nogil:
+            rc = sfu_engine_add_ingest(self._e, transport_id, socket_id, ssrc)
+        _check(rc)
+
     # -- producers and consumers ----------------------------------------------------------------
 
     def add_producer(
@@ -308,10 +340,12 @@ cdef class Core:
         uint32_t clock_rate,
         uint32_t cache_size,
         object payload_type_map,
+        str keyframe_gate = "",
     ) -> None:
         cdef sfu_consumer_spec spec
         cdef int i, rc
         memset(&spec, 0, sizeof(spec))
+        spec.keyframe_gate = _gate(keyframe_gate)
         spec.consumer_id = consumer_id
         spec.src_transport = src_transport
         spec.src_ssrc = src_ssrc

@@ -15,16 +15,35 @@ applications), and it sends its own datagrams (STUN, DTLS) and RTCP (protected b
 
 Two implementations exist: :mod:`sfu.engine.pyengine` (a plain-Python reference, used for
 differential tests) and the Cython engine (the production hot loop).
+
+Streaming mountpoints add three small things (:class:`IngestEngine`, implemented by both):
+
+* ``adopt_socket``: the engine takes over a UDP socket the caller prepared (bound to a multicast
+  group and joined, for instance);
+* ``add_ingest``: every datagram on that socket belongs to one transport, whatever address it
+  came from (ffmpeg sends from an ephemeral port), as plain RTP -- or SRTP with SDES keys -- whose
+  SSRC is rewritten to a fixed one. When the sender's own SSRC changes (a restarted sender), the
+  consumers of the stream re-synchronise: their output sequence and timestamps just continue.
+  RTCP on such a socket is counted (``rtcp_in``) and dropped; anything else is ``dropped_unknown``;
+* ``ConsumerSpec.keyframe_gate``: a video consumer that forwards nothing until a packet that
+  starts a keyframe of its codec arrives while its destination can send (keys set, a selected
+  pair), after it is added and again after each resume or re-synchronisation, so a watcher
+  never decodes delta frames whose reference it never had.
+  :mod:`sfu.engine.keyframe` is the reference of what "starts a keyframe" means.
 """
 
 from __future__ import annotations
 
 import enum
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol, runtime_checkable
 
 Addr = tuple[str, int]
+
+# Values of ConsumerSpec.keyframe_gate ("" = no gate).
+KEYFRAME_CODECS: Final = ("vp8", "vp9", "h264")
 
 
 class SrtpProfile(enum.IntEnum):
@@ -114,6 +133,23 @@ class ConsumerSpec:
     clock_rate: int
     cache_size: int = 0  # protected packets kept for NACK from this consumer's receiver
     payload_type_map: Sequence[tuple[int, int]] = ()  # (in PT, out PT); empty = unchanged
+    # "vp8" | "vp9" | "h264": forward nothing until a keyframe starts (again after a resume)
+    keyframe_gate: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSpec:
+    """RTP arriving on one socket from any address (not WebRTC): a mountpoint's feed.
+
+    Every RTP packet on ``socket_id`` belongs to ``transport_id``; its SSRC is rewritten to
+    ``ssrc`` (one stream per socket), so producers and consumers use that SSRC. ``srtp``: SDES
+    keys, of which ``remote_key``/``remote_salt`` unprotect; None = plain RTP.
+    """
+
+    transport_id: int
+    socket_id: int
+    ssrc: int
+    srtp: SrtpParameters | None = None
 
 
 @dataclass(slots=True)
@@ -225,3 +261,18 @@ class Engine(Protocol):
     def transport_stats(self, transport_id: int) -> TransportStats | None: ...
 
     def stats(self) -> EngineStats: ...
+
+
+@runtime_checkable
+class IngestEngine(Engine, Protocol):
+    """An engine that also takes RTP from outside WebRTC (streaming mountpoints)."""
+
+    def adopt_socket(self, sock: socket.socket) -> SocketInfo:
+        """Take ownership of a bound UDP socket (the caller must not use or close it again)."""
+        ...
+
+    def add_ingest(self, spec: IngestSpec) -> None:
+        """Route everything arriving on ``spec.socket_id`` to ``spec.transport_id`` (see
+        :class:`IngestSpec`). ``remove_transport`` undoes it; the socket stays open until
+        ``close_socket``."""
+        ...

@@ -41,6 +41,7 @@ from sfu.engine.base import (
     ControlPacket,
     Deliver,
     EngineStats,
+    IngestSpec,
     ProducerSpec,
     RelayPath,
     SocketInfo,
@@ -97,6 +98,19 @@ class CEngine:
             raise
         sock.detach()  # the engine owns the descriptor now
         return SocketInfo(socket_id, int(family), local)
+
+    def adopt_socket(self, sock: socket.socket) -> SocketInfo:
+        sock.setblocking(False)
+        family = sock.family
+        local = _norm(sock.getsockname())
+        socket_id = self._core.add_socket(sock.fileno(), int(family))
+        sock.detach()  # the engine owns the descriptor now
+        return SocketInfo(socket_id, int(family), local)
+
+    def add_ingest(self, spec: IngestSpec) -> None:
+        self._core.add_ingest(spec.transport_id, spec.socket_id, spec.ssrc)
+        if spec.srtp is not None:
+            self.set_srtp(spec.transport_id, spec.srtp)
 
     def close_socket(self, socket_id: int) -> None:
         self._core.close_socket(socket_id)
@@ -199,6 +213,7 @@ class CEngine:
             spec.clock_rate,
             spec.cache_size,
             spec.payload_type_map,
+            spec.keyframe_gate,
         )
 
     def remove_consumer(self, consumer_id: int) -> None:

@@ -6,6 +6,10 @@ and it runs where the extension is not built. It is not fast (tens of microsecon
 
 The loop thread owns receiving; sending happens from both threads under one lock, which also
 guards the SRTP sessions and the routing tables.
+
+Ingest sockets (:meth:`PyEngine.add_ingest`): every datagram on such a socket belongs to one
+transport, whatever its source address; RTP on it is plain or SDES-keyed SRTP and gets the
+transport's fixed SSRC.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from sfu.engine.base import (
     ControlPacket,
     Deliver,
     EngineStats,
+    IngestSpec,
     ProducerSpec,
     RelayPath,
     SocketInfo,
@@ -41,6 +46,7 @@ from sfu.engine.base import (
     StreamStats,
     TransportStats,
 )
+from sfu.engine.keyframe import starts_keyframe
 from sfu.rtp.demux import PacketKind, classify
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,7 @@ class _Consumer:
     synced: bool = False  # offsets computed for the current run of packets
     cache: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     pt_map: dict[int, int] = field(default_factory=dict)
+    waiting: bool = False  # keyframe gate closed: nothing forwarded until a keyframe starts
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,8 @@ class _Transport:
     bindings: set[tuple[int, Addr]] = field(default_factory=set)
     producers: dict[int, ProducerSpec] = field(default_factory=dict)
     jitter_prev: dict[int, tuple[int, int]] = field(default_factory=dict)
+    ingest_ssrc: int | None = None  # an ingest transport: RTP gets this SSRC
+    sender_ssrc: int | None = None  # the last SSRC its sender used
 
 
 class PyEngine:
@@ -122,6 +131,7 @@ class PyEngine:
         self._routes: dict[tuple[int, int], list[_Consumer]] = {}
         self._out_streams: dict[tuple[int, int], _OutStream] = {}
         self._channels: dict[tuple[int, Addr, int], Addr] = {}  # (socket, server, channel) -> peer
+        self._ingest: dict[int, int] = {}  # socket id -> transport id (whole-socket binding)
         self._stats = EngineStats()
         self._deliver: Deliver | None = None
         self._pending: list[ControlPacket] = []
@@ -130,6 +140,9 @@ class PyEngine:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        # sockets the loop thread closes once it is out of poll(): a socket closed while poll()
+        # still holds it keeps its port for a moment, and re-binding the port would fail
+        self._closing: list[tuple[socket.socket, threading.Event]] = []
 
     # -- sockets -------------------------------------------------------------------------------
 
@@ -152,16 +165,46 @@ class PyEngine:
         self._wake()
         return SocketInfo(socket_id, family, _norm(sock.getsockname()))
 
+    def adopt_socket(self, sock: socket.socket) -> SocketInfo:
+        sock.setblocking(False)
+        socket_id = next(self._ids)
+        with self._lock:
+            self._sockets[socket_id] = sock
+        self._wake()
+        return SocketInfo(socket_id, int(sock.family), _norm(sock.getsockname()))
+
+    def add_ingest(self, spec: IngestSpec) -> None:
+        with self._lock:
+            if spec.socket_id not in self._sockets:
+                raise KeyError(f"unknown socket {spec.socket_id}")
+            t = self._transport(spec.transport_id)
+            t.ingest_ssrc = spec.ssrc
+            self._ingest[spec.socket_id] = spec.transport_id
+        if spec.srtp is not None:
+            self.set_srtp(spec.transport_id, spec.srtp)
+
     def close_socket(self, socket_id: int) -> None:
         with self._lock:
             sock = self._sockets.pop(socket_id, None)
+            self._ingest.pop(socket_id, None)
             for key in [k for k in self._bindings if k[0] == socket_id]:
                 del self._bindings[key]
             for ckey in [k for k in self._channels if k[0] == socket_id]:
                 del self._channels[ckey]
+            thread = self._thread
+            deferred = (
+                sock is not None
+                and self._running
+                and thread is not None
+                and thread is not threading.current_thread()
+            )
+            closed = threading.Event()
+            if deferred:
+                assert sock is not None
+                self._closing.append((sock, closed))
         self._wake()
-        if sock is not None:
-            sock.close()
+        if sock is not None and (not deferred or not closed.wait(1.0)):
+            sock.close()  # the port is free when this returns
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -250,6 +293,8 @@ class PyEngine:
                 return
             for stream in [k for k in self._out_streams if k[0] == transport_id]:
                 del self._out_streams[stream]
+            for sid in [s for s, tid in self._ingest.items() if tid == transport_id]:
+                del self._ingest[sid]
             for key in t.bindings:
                 if self._bindings.get(key) == transport_id:
                     del self._bindings[key]
@@ -276,7 +321,10 @@ class PyEngine:
         with self._lock:
             if spec.consumer_id in self._consumers:
                 raise ValueError(f"consumer {spec.consumer_id} exists")
+            if spec.keyframe_gate:
+                starts_keyframe(spec.keyframe_gate, b"")  # ValueError on an unknown codec
             c = _Consumer(spec, pt_map=dict(spec.payload_type_map))
+            c.waiting = bool(spec.keyframe_gate)
             self._transport(spec.dst_transport).stats.outbound.setdefault(
                 spec.dst_ssrc, StreamStats(spec.dst_ssrc)
             )
@@ -304,6 +352,7 @@ class PyEngine:
             if c is not None and c.paused != paused:
                 c.paused = paused
                 c.synced = False
+                c.waiting = bool(c.spec.keyframe_gate)
 
     def send_rtcp(self, transport_id: int, packet: bytes) -> None:
         with self._lock:
@@ -409,6 +458,8 @@ class PyEngine:
                 events = poller.poll(200)
             except InterruptedError:
                 continue
+            finally:
+                self._close_deferred()
             for fd, _ in events:
                 if fd == self._wake_r.fileno():
                     with contextlib.suppress(OSError):
@@ -418,6 +469,13 @@ class PyEngine:
                 if sid is not None:
                     self._drain_socket(sid)
             self._flush()
+
+    def _close_deferred(self) -> None:
+        with self._lock:
+            closing, self._closing = self._closing, []
+        for sock, closed in closing:
+            sock.close()
+            closed.set()
 
     def _drain_socket(self, socket_id: int) -> None:
         sock = self._sockets.get(socket_id)
@@ -438,6 +496,10 @@ class PyEngine:
                 self._stats.dropped_unknown += 1
 
     def _handle(self, socket_id: int, addr: Addr, data: bytes, relay: Addr | None = None) -> None:
+        ingest = self._ingest.get(socket_id)
+        if ingest is not None:
+            self._on_ingest(ingest, data)
+            return
         if relay is None and len(data) >= 4 and 0x40 <= data[0] <= 0x7F:  # TURN ChannelData
             channel, length = _CHANNEL_HEADER.unpack_from(data)
             with self._lock:
@@ -475,17 +537,39 @@ class PyEngine:
         else:
             self._stats.dropped_unknown += 1
 
+    def _on_ingest(self, tid: int, data: bytes) -> None:
+        kind = classify(data)
+        with self._lock:
+            t = self._transports.get(tid)
+            if t is None or kind not in (PacketKind.RTP, PacketKind.RTCP):
+                self._stats.dropped_unknown += 1
+            elif kind == PacketKind.RTP:
+                self._on_rtp(t, data)
+            else:
+                t.stats.rtcp_in += 1  # the sender's reports: counted, not used
+
     def _on_rtp(self, t: _Transport, data: bytes) -> None:
-        assert t.rx is not None
-        try:
-            plain = t.rx.unprotect(data)
-        except pylibsrtp.Error:
-            t.stats.srtp_errors += 1
+        if t.rx is not None:
+            try:
+                plain = t.rx.unprotect(data)
+            except pylibsrtp.Error:
+                t.stats.srtp_errors += 1
+                return
+        elif t.ingest_ssrc is not None:
+            plain = data
+        else:
+            self._stats.dropped_unknown += 1
             return
         t.stats.packets_in += 1
         t.stats.bytes_in += len(data)
         pt = plain[1] & 0x7F
         seq, ts, ssrc = struct.unpack_from("!HII", plain, 2)
+        if t.ingest_ssrc is not None:
+            if t.sender_ssrc is not None and ssrc != t.sender_ssrc:
+                self._resync(t, t.ingest_ssrc)
+            t.sender_ssrc = ssrc
+            ssrc = t.ingest_ssrc
+            plain = plain[:8] + struct.pack("!I", ssrc) + plain[12:]
         now = time.monotonic()
         self._update_inbound(t, ssrc, seq, ts, len(plain), now)
         consumers = self._routes.get((t.transport_id, ssrc))
@@ -493,8 +577,26 @@ class PyEngine:
             t.stats.unrouted += 1
             return
         for c in consumers:
-            if not c.paused:
-                self._forward(c, plain, pt, seq, ts, now)
+            if c.paused:
+                continue
+            if c.waiting:
+                # the gate opens on a keyframe that actually leaves (the destination is ready)
+                dst = self._transports.get(c.spec.dst_transport)
+                if dst is None or dst.tx is None or dst.dest is None:
+                    continue
+                if not starts_keyframe(c.spec.keyframe_gate, plain):
+                    continue
+                c.waiting = False
+            self._forward(c, plain, pt, seq, ts, now)
+
+    def _resync(self, t: _Transport, ssrc: int) -> None:
+        """A new sender on an ingest transport: its stream statistics start over and every
+        consumer continues its output where it stopped (after a keyframe when gated)."""
+        t.stats.inbound[ssrc] = StreamStats(ssrc)
+        t.jitter_prev.pop(ssrc, None)
+        for c in self._routes.get((t.transport_id, ssrc), []):
+            c.synced = False
+            c.waiting = bool(c.spec.keyframe_gate)
 
     def _update_inbound(
         self, t: _Transport, ssrc: int, seq: int, ts: int, size: int, now: float

@@ -5,7 +5,13 @@
   sources, watchers, events);
 - :mod:`~sfu.streaming.store`: permanent mountpoints in SQLite;
 - :mod:`~sfu.streaming.source`: the ``MediaSource`` protocol the registry drives, and file probing;
-- :mod:`~sfu.streaming.api` and :mod:`~sfu.streaming.openapi`: the REST API and its document.
+- :mod:`~sfu.streaming.api` and :mod:`~sfu.streaming.openapi`: the REST API and its document;
+- media: :mod:`~sfu.streaming.hub` (the bridge between sources and watchers), the sources
+  (:mod:`~sfu.streaming.ingest`, :mod:`~sfu.streaming.generators`,
+  :mod:`~sfu.streaming.whipsource`), :mod:`~sfu.streaming.packetize`,
+  :mod:`~sfu.streaming.viewer` (a watcher's consumers), :mod:`~sfu.streaming.whip` and
+  :mod:`~sfu.streaming.whep` (HTTP ingest and playback). The WebSocket watchers are
+  :mod:`sfu.apps.streaming`.
 """
 
 from sfu.streaming.model import (

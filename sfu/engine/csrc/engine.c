@@ -531,6 +531,7 @@ int sfu_engine_add_socket(sfu_engine *e, int fd, int family) {
     e->socks[i].id = id;
     e->socks[i].fd = fd;
     e->socks[i].family = family;
+    e->socks[i].ingest = 0;
     pthread_mutex_unlock(&e->lock);
     return id;
 }
@@ -783,6 +784,13 @@ int sfu_engine_remove_transport(sfu_engine *e, int64_t transport_id) {
         return 0;
     }
     remove_matching(&e->bindings, value_is, t, 0);
+    if (t->ingest) {
+        for (i = 0; i < SFU_ENGINE_MAX_SOCKETS; i++) {
+            if (e->socks[i].id != 0 && e->socks[i].ingest == transport_id) {
+                e->socks[i].ingest = 0;
+            }
+        }
+    }
     remove_consumers(e, consumer_touches, &transport_id);
     /* its inbound streams (statistics, producers) go with it */
     list = e->streams.count ? malloc(e->streams.count * sizeof(*list)) : NULL;
@@ -804,6 +812,26 @@ int sfu_engine_remove_transport(sfu_engine *e, int64_t transport_id) {
     free_transport(t);
     pthread_mutex_unlock(&e->lock);
     return 0;
+}
+
+int sfu_engine_add_ingest(sfu_engine *e, int64_t transport_id, int socket_id, uint32_t ssrc) {
+    transport *t;
+    esock *s;
+    int rc = 0;
+    pthread_mutex_lock(&e->lock);
+    s = engine_socket(e, socket_id);
+    t = s != NULL ? get_transport(e, transport_id, 1) : NULL;
+    if (s == NULL) {
+        rc = -ENOENT;
+    } else if (t == NULL) {
+        rc = -ENOMEM;
+    } else {
+        t->ingest = 1;
+        t->ingest_ssrc = ssrc;
+        s->ingest = transport_id;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return rc;
 }
 
 /* ---- producers and consumers ---- */
@@ -859,6 +887,9 @@ int sfu_engine_add_consumer(sfu_engine *e, const sfu_consumer_spec *spec) {
     transport *dst;
     istream *src;
     ostream *out;
+    if (spec->keyframe_gate < SFU_GATE_NONE || spec->keyframe_gate > SFU_GATE_H264) {
+        return -EINVAL;
+    }
     pthread_mutex_lock(&e->lock);
     if (sfu_hmap_get(&e->consumers, &spec->consumer_id) != NULL) {
         pthread_mutex_unlock(&e->lock);
@@ -897,6 +928,8 @@ int sfu_engine_add_consumer(sfu_engine *e, const sfu_consumer_spec *spec) {
     c->clock_rate = spec->clock_rate;
     c->cache_size = spec->cache_size;
     memcpy(c->pt_map, spec->pt_map, sizeof(c->pt_map));
+    c->gate = spec->keyframe_gate;
+    c->waiting = c->gate != SFU_GATE_NONE;
     c->dst = dst;
     c->out = out;
     c->src = src;
@@ -936,6 +969,7 @@ int sfu_engine_pause_consumer(sfu_engine *e, int64_t consumer_id, int paused) {
     if (c != NULL && c->paused != (paused != 0)) {
         c->paused = paused != 0;
         c->synced = 0;
+        c->waiting = c->gate != SFU_GATE_NONE;
     }
     pthread_mutex_unlock(&e->lock);
     return 0;

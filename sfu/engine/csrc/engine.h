@@ -42,6 +42,12 @@ extern "C" {
 #define SFU_ENGINE_CTL_CAP 1024   /* control datagrams waiting for Python */
 #define SFU_ENGINE_MAX_SOCKETS 4096 /* port-range mode: one socket per transport and family */
 
+/* Keyframe gates of a consumer (sfu.engine.base.KEYFRAME_CODECS, in order). */
+#define SFU_GATE_NONE 0
+#define SFU_GATE_VP8 1
+#define SFU_GATE_VP9 2
+#define SFU_GATE_H264 3
+
 /* Values of sfu.engine.base.ControlKind. */
 #define SFU_CTL_STUN 1
 #define SFU_CTL_DTLS 2
@@ -111,6 +117,7 @@ typedef struct {
     uint32_t clock_rate;
     uint32_t cache_size;
     uint8_t pt_map[128]; /* out PT per in PT */
+    int keyframe_gate;   /* SFU_GATE_*: nothing forwarded until a keyframe starts */
 } sfu_consumer_spec;
 
 /* Addresses: numeric host ("1.2.3.4", "::1", "fe80::1%eth0" or "%3") and port. */
@@ -149,6 +156,14 @@ int sfu_engine_set_srtp(sfu_engine *e, int64_t transport_id, int profile,
                         const uint8_t *local_key, const uint8_t *local_salt,
                         const uint8_t *remote_key, const uint8_t *remote_salt);
 int sfu_engine_remove_transport(sfu_engine *e, int64_t transport_id);
+/*
+ * Ingest (streaming mountpoints): every datagram on `socket_id` belongs to the transport,
+ * whatever its source address. RTP is plain unless sfu_engine_set_srtp gave the transport keys
+ * (SDES); its SSRC is rewritten to `ssrc`, and a change of the sender's own SSRC re-synchronises
+ * the stream's consumers. RTCP is counted and dropped, anything else counted as unknown.
+ * sfu_engine_remove_transport undoes it. -ENOENT: unknown socket.
+ */
+int sfu_engine_add_ingest(sfu_engine *e, int64_t transport_id, int socket_id, uint32_t ssrc);
 
 int sfu_engine_add_producer(sfu_engine *e, int64_t transport_id, uint32_t ssrc,
                             uint32_t clock_rate, uint32_t cache_size);

@@ -5,6 +5,7 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "packet.h" nogil:
     int sfu_classify(const uint8_t *p, size_t n)
+    int sfu_keyframe_start(int gate, const uint8_t *p, size_t n)
 
 
 cdef extern from "engine.h" nogil:
@@ -13,6 +14,11 @@ cdef extern from "engine.h" nogil:
     int SFU_ENGINE_OUT_SLOTS
     int SFU_ENGINE_CTL_CAP
     int SFU_ENGINE_MAX_SOCKETS
+
+    int SFU_GATE_NONE
+    int SFU_GATE_VP8
+    int SFU_GATE_VP9
+    int SFU_GATE_H264
 
     int SFU_CTL_STUN
     int SFU_CTL_DTLS
@@ -77,6 +83,7 @@ cdef extern from "engine.h" nogil:
         uint32_t clock_rate
         uint32_t cache_size
         uint8_t pt_map[128]
+        int keyframe_gate
 
     int sfu_addr_parse(sfu_addr *out, const char *host, long port)
     int sfu_addr_format(const sfu_addr *a, char *buf, size_t cap)
@@ -109,6 +116,7 @@ cdef extern from "engine.h" nogil:
         const uint8_t *local_salt, const uint8_t *remote_key, const uint8_t *remote_salt
     )
     int sfu_engine_remove_transport(sfu_engine *e, int64_t transport_id)
+    int sfu_engine_add_ingest(sfu_engine *e, int64_t transport_id, int socket_id, uint32_t ssrc)
 
     int sfu_engine_add_producer(
         sfu_engine *e, int64_t transport_id, uint32_t ssrc, uint32_t clock_rate,

@@ -102,6 +102,10 @@ typedef struct transport {
     istream *in_tail;
     ostream *out_head;
     ostream *out_tail;
+    int ingest;           /* an ingest transport (sfu_engine_add_ingest) */
+    uint32_t ingest_ssrc; /* the SSRC its RTP gets */
+    int has_sender;
+    uint32_t sender_ssrc; /* the last SSRC its sender used */
 } transport;
 
 struct consumer {
@@ -113,6 +117,8 @@ struct consumer {
     uint32_t clock_rate;
     uint32_t cache_size;
     uint8_t pt_map[128];
+    int gate;    /* SFU_GATE_* */
+    int waiting; /* gate closed until a keyframe starts */
     int paused;
     int synced;
     uint16_t seq_offset;
@@ -127,6 +133,7 @@ typedef struct {
     int id; /* 0: free */
     int fd;
     int family;
+    int64_t ingest; /* transport owning every datagram of the socket; 0: none */
 } esock;
 
 typedef struct {

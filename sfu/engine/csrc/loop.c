@@ -299,6 +299,23 @@ static void forward(sfu_engine *e, consumer *c, const uint8_t *plain, size_t len
     o->last_send_time = now;
 }
 
+/* A new sender on an ingest transport: the stream's statistics start over, and its consumers
+ * continue their output where it stopped (after a keyframe when gated). */
+static void resync(istream *s) {
+    uint32_t i;
+    s->packets = 0;
+    s->bytes = 0;
+    s->highest_seq = -1;
+    s->base_seq = -1;
+    s->lost = 0;
+    s->jitter = 0.0;
+    s->have_prev = 0;
+    for (i = 0; i < s->ncons; i++) {
+        s->cons[i]->synced = 0;
+        s->cons[i]->waiting = s->cons[i]->gate != SFU_GATE_NONE;
+    }
+}
+
 static void on_rtp(sfu_engine *e, transport *t, uint8_t *buf, size_t n) {
     size_t len = n;
     uint32_t i, serial = 0, ts, ssrc;
@@ -306,8 +323,14 @@ static void on_rtp(sfu_engine *e, transport *t, uint8_t *buf, size_t n) {
     uint8_t pt;
     istream *s;
     double now;
-    if (sfu_srtp_unprotect(t->rx, buf, &len) != SFU_SRTP_OK) {
-        t->c.srtp_errors++;
+    int new_sender = 0;
+    if (t->rx != NULL) {
+        if (sfu_srtp_unprotect(t->rx, buf, &len) != SFU_SRTP_OK) {
+            t->c.srtp_errors++;
+            return;
+        }
+    } else if (!t->ingest) {
+        e->c.dropped_unknown++;
         return;
     }
     t->c.packets_in++;
@@ -316,9 +339,19 @@ static void on_rtp(sfu_engine *e, transport *t, uint8_t *buf, size_t n) {
     seq = sfu_load16(buf + 2);
     ts = sfu_load32(buf + 4);
     ssrc = sfu_load32(buf + 8);
+    if (t->ingest) {
+        new_sender = t->has_sender && ssrc != t->sender_ssrc;
+        t->has_sender = 1;
+        t->sender_ssrc = ssrc;
+        ssrc = t->ingest_ssrc;
+        sfu_store32(buf + 8, ssrc);
+    }
     s = engine_stream(e, t->id, ssrc, 1);
     if (s == NULL) {
         return; /* out of memory */
+    }
+    if (new_sender) {
+        resync(s);
     }
     engine_stream_track(t, s);
     now = engine_now();
@@ -332,9 +365,31 @@ static void on_rtp(sfu_engine *e, transport *t, uint8_t *buf, size_t n) {
     }
     for (i = 0; i < s->ncons; i++) {
         consumer *c = s->cons[i];
-        if (!c->paused) {
-            forward(e, c, buf, len, pt, seq, ts, now, serial);
+        if (c->paused) {
+            continue;
         }
+        if (c->waiting) {
+            /* the gate opens on a keyframe that actually leaves (the destination is ready) */
+            if (c->dst->tx == NULL || !c->dst->has_dest ||
+                !sfu_keyframe_start(c->gate, buf, len)) {
+                continue;
+            }
+            c->waiting = 0;
+        }
+        forward(e, c, buf, len, pt, seq, ts, now, serial);
+    }
+}
+
+/* A datagram on an ingest socket: RTP for its transport; RTCP counted; the rest unknown. */
+static void handle_ingest(sfu_engine *e, int64_t tid, uint8_t *buf, size_t n) {
+    transport *t = sfu_hmap_get(&e->transports, &tid);
+    int kind = sfu_classify(buf, n);
+    if (t == NULL || (kind != SFU_PKT_RTP && kind != SFU_PKT_RTCP)) {
+        e->c.dropped_unknown++;
+    } else if (kind == SFU_PKT_RTP) {
+        on_rtp(e, t, buf, n);
+    } else {
+        t->c.rtcp_in++;
     }
 }
 
@@ -346,6 +401,13 @@ static void handle(sfu_engine *e, int socket_id, const struct sockaddr *sa, uint
     int kind;
     size_t len;
     e->c.datagrams_in++;
+    {
+        esock *es = engine_socket(e, socket_id);
+        if (es != NULL && es->ingest != 0) {
+            handle_ingest(e, es->ingest, buf, n);
+            return;
+        }
+    }
     if (addr_from_sockaddr(&from, sa) != 0) {
         e->c.dropped_unknown++;
         return;

@@ -83,6 +83,134 @@ static inline void sfu_rtp_rewrite(uint8_t *p, uint8_t pt, uint16_t seq, uint32_
 }
 
 /*
+ * The payload of an RTP packet: its offset (after CSRCs and the header extension) and length
+ * (padding removed). Returns 0, or -1 when the header is malformed.
+ */
+static inline int sfu_rtp_payload(const uint8_t *p, size_t n, size_t *off, size_t *len) {
+    size_t o, end = n;
+    if (n < SFU_RTP_HEADER || (p[0] >> 6) != 2) {
+        return -1;
+    }
+    o = SFU_RTP_HEADER + 4u * (p[0] & 0x0Fu);
+    if (p[0] & 0x10u) {
+        if (n < o + 4) {
+            return -1;
+        }
+        o += 4u + 4u * sfu_load16(p + o + 2);
+    }
+    if (p[0] & 0x20u) {
+        if (p[n - 1] == 0 || p[n - 1] > n) {
+            return -1;
+        }
+        end = n - p[n - 1];
+    }
+    if (o > end) {
+        return -1;
+    }
+    *off = o;
+    *len = end - o;
+    return 0;
+}
+
+static inline int sfu_vp8_key_start(const uint8_t *d, size_t n) {
+    size_t i = 1;
+    if (n == 0 || !(d[0] & 0x10u) || (d[0] & 0x07u)) {
+        return 0; /* S=1 and PID=0 */
+    }
+    if (d[0] & 0x80u) { /* X */
+        uint8_t b1;
+        if (n < 2) {
+            return 0;
+        }
+        b1 = d[1];
+        i = 2;
+        if (b1 & 0x80u) { /* I: picture id, 7 or 15 bits */
+            if (n <= i) {
+                return 0;
+            }
+            i += (d[i] & 0x80u) ? 2 : 1;
+        }
+        if (b1 & 0x40u) { /* L */
+            i++;
+        }
+        if (b1 & 0x30u) { /* T or K */
+            i++;
+        }
+    }
+    return n > i && !(d[i] & 0x01u); /* P=0: a key frame */
+}
+
+static inline int sfu_vp9_key_start(const uint8_t *d, size_t n) {
+    size_t i = 1;
+    if (n == 0 || !(d[0] & 0x08u) || (d[0] & 0x40u)) {
+        return 0; /* B=1 and P=0 */
+    }
+    if (!(d[0] & 0x20u)) {
+        return 1; /* no layer indices */
+    }
+    if (d[0] & 0x80u) { /* I */
+        if (n <= i) {
+            return 0;
+        }
+        i += (d[i] & 0x80u) ? 2 : 1;
+    }
+    return n > i && ((d[i] >> 1) & 0x07u) == 0; /* spatial layer 0 */
+}
+
+static inline int sfu_h264_is_key_nal(uint8_t header) {
+    uint8_t t = header & 0x1Fu;
+    return t == 5 || t == 7; /* IDR slice, SPS */
+}
+
+static inline int sfu_h264_key_start(const uint8_t *d, size_t n) {
+    uint8_t t;
+    size_t i;
+    if (n == 0) {
+        return 0;
+    }
+    t = d[0] & 0x1Fu;
+    if (t >= 1 && t <= 23) {
+        return sfu_h264_is_key_nal(d[0]);
+    }
+    if (t == 24) { /* STAP-A */
+        for (i = 1; i + 2 <= n;) {
+            size_t size = sfu_load16(d + i);
+            i += 2;
+            if (size && i < n && sfu_h264_is_key_nal(d[i])) {
+                return 1;
+            }
+            i += size;
+        }
+        return 0;
+    }
+    if (t == 28) { /* FU-A: the first fragment */
+        return n >= 2 && (d[1] & 0x80u) && sfu_h264_is_key_nal(d[1]);
+    }
+    return 0;
+}
+
+/*
+ * Whether an RTP packet starts a keyframe (gate: 1 VP8, 2 VP9, 3 H.264, the SFU_GATE_* values);
+ * the rules are sfu/engine/keyframe.py's.
+ */
+static inline int sfu_keyframe_start(int gate, const uint8_t *p, size_t n) {
+    size_t off, len;
+    if (sfu_rtp_payload(p, n, &off, &len) != 0) {
+        return 0;
+    }
+    switch (gate) {
+    case 1:
+        return sfu_vp8_key_start(p + off, len);
+    case 2:
+        return sfu_vp9_key_start(p + off, len);
+    case 3:
+        return sfu_h264_key_start(p + off, len);
+    default:
+        return 0;
+    }
+}
+
+/*
  * ChannelData: channel (2) | length (2) | data (length) [| padding]. Returns the data length, or
  * -1 when the datagram is shorter than the header plus the claimed length (RFC 8656 12.5: drop).
  */
