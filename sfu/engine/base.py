@@ -40,25 +40,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
+from sfu.rtp.srtp import SrtpProfile as SrtpProfile  # re-exported for the engine's callers
+
 Addr = tuple[str, int]
 
 # Values of ConsumerSpec.keyframe_gate ("" = no gate).
 KEYFRAME_CODECS: Final = ("vp8", "vp9", "h264")
-
-
-class SrtpProfile(enum.IntEnum):
-    """SRTP protection profiles (IANA DTLS-SRTP identifiers)."""
-
-    AES_CM_128_HMAC_SHA1_80 = 0x0001
-    AEAD_AES_128_GCM = 0x0007
-
-    @property
-    def key_len(self) -> int:
-        return 16
-
-    @property
-    def salt_len(self) -> int:
-        return 14 if self is SrtpProfile.AES_CM_128_HMAC_SHA1_80 else 12
 
 
 class ControlKind(enum.IntEnum):

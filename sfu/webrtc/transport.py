@@ -379,7 +379,7 @@ class WebRtcTransport:
     def _on_dtls_event(self, ev: object) -> None:
         if isinstance(ev, HandshakeCompleted):
             keys = ev.keys
-            profile = SrtpProfile(keys.profile.value)
+            profile = keys.profile
             self.srtp_profile = profile
             self._engine.set_srtp(
                 self.id,
