@@ -20,7 +20,7 @@ from sfu.apps.echotest import EchoTest
 from sfu.apps.room import RoomApp, RoomPolicy
 from sfu.apps.streaming import StreamingApp
 from sfu.config import Config, MediaMode, RoomsConfig, StreamingConfig
-from sfu.doctor.live import EngineTap, LiveDoctor, doctor_settings
+from sfu.doctor.live import LiveDoctor, doctor_settings
 from sfu.dtls.certificate import Certificate
 from sfu.engine.base import IngestEngine
 from sfu.ice.agent import IceConfig
@@ -122,10 +122,9 @@ class SfuServer:
     def __init__(self, settings: ServerSettings, engine: IngestEngine | None = None) -> None:
         self.settings = settings
         self.engine = engine or make_engine()
-        self.media_tap = EngineTap(self.engine)  # lets the doctor probe from the media sockets
-        self.webrtc = WebRtcServer(self.media_tap, settings.media)
+        self.webrtc = WebRtcServer(self.engine, settings.media)
         self.doctor = LiveDoctor(
-            self.media_tap, doctor_settings(settings.media, settings.transport.early_checks)
+            self.webrtc, doctor_settings(settings.media, settings.transport.early_checks)
         )
         self._doctor_task: asyncio.Task[None] | None = None
         self.core = Core(

@@ -1,13 +1,9 @@
-"""The doctor inside the running server: probes leave from the engine's own media socket.
+"""The doctor inside the running server: probes leave from the server's own media sockets.
 
-:class:`EngineTap` is an :class:`~sfu.engine.base.Engine` that forwards everything to the real
-engine. It remembers the sockets opened before the engine starts (the media sockets) and, while a
-diagnosis runs, takes the answers to the doctor's STUN transactions out of the control batches
-before the WebRtcServer sees them (they would be dropped as unroutable). When no diagnosis runs a
-batch goes through untouched.
-
-:class:`LiveDoctor` runs one diagnosis at a time, reuses a recent report, and logs the start-up
-verdict.
+The WebRtcServer lends its media sockets (:class:`DoctorHost`): the doctor sends from them, and
+while a diagnosis runs a hook takes the answers to its STUN transactions out of the control
+batches before routing (they would be dropped as unroutable). :class:`LiveDoctor` runs one
+diagnosis at a time, reuses a recent report, and logs the start-up verdict.
 """
 
 from __future__ import annotations
@@ -15,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Protocol
 
 from sfu.config import MediaMode
 from sfu.doctor.report import Diagnosis, Report
@@ -23,135 +20,32 @@ from sfu.doctor.run import DoctorSettings, Receiver, diagnose_socket, stun_serve
 from sfu.doctor.verdict import Level
 from sfu.engine.base import (
     Addr,
-    ConsumerSpec,
-    ControlKind,
     ControlPacket,
-    Deliver,
-    Engine,
-    EngineStats,
-    ProducerSpec,
-    RelayPath,
     SocketInfo,
-    SrtpParameters,
-    TransportStats,
 )
 from sfu.ice.candidate import format_addr
 from sfu.webrtc.server import MediaSettings
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[ControlPacket], bool]
 
-
-class EngineTap:
-    """An engine wrapper that lets the doctor use the media sockets (see the module doc)."""
-
-    def __init__(self, inner: Engine) -> None:
-        self.inner = inner
-        self._media: list[SocketInfo] = []
-        self._started = False
-        self._deliver: Deliver | None = None
-        self._listener: Listener | None = None
+class DoctorHost(Protocol):
+    """What the live doctor needs from the WebRtcServer: its media sockets, a way to send from
+    them, and a hook that sees unbound STUN before routing does."""
 
     @property
-    def media_sockets(self) -> list[SocketInfo]:
-        """The sockets opened before the engine started (the WebRtcServer's listeners)."""
-        return list(self._media)
+    def media_sockets(self) -> list[SocketInfo]: ...
 
-    def listen(self, listener: Listener | None) -> None:
-        """While set, unbound STUN packets go to ``listener`` first; True means it took one."""
-        self._listener = listener
+    def send_raw(self, socket_id: int, addr: Addr, data: bytes) -> None: ...
 
-    def _on_batch(self, batch: list[ControlPacket]) -> None:
-        deliver, listener = self._deliver, self._listener
-        if deliver is None:
-            return
-        if listener is not None:
-            batch = [
-                p
-                for p in batch
-                if not (p.kind is ControlKind.STUN and p.relay is None and listener(p))
-            ]
-            if not batch:
-                return
-        deliver(batch)
-
-    # -- the Engine interface -------------------------------------------------------------------
-
-    def open_socket(self, host: str, port: int) -> SocketInfo:
-        info = self.inner.open_socket(host, port)
-        if not self._started:
-            self._media.append(info)
-        return info
-
-    def close_socket(self, socket_id: int) -> None:
-        self.inner.close_socket(socket_id)
-        self._media = [s for s in self._media if s.socket_id != socket_id]
-
-    def start(self, deliver: Deliver) -> None:
-        self._started = True
-        self._deliver = deliver
-        self.inner.start(self._on_batch)
-
-    def stop(self) -> None:
-        self.inner.stop()
-
-    def send(self, socket_id: int, addr: Addr, data: bytes) -> None:
-        self.inner.send(socket_id, addr, data)
-
-    def bind(self, transport_id: int, socket_id: int, addr: Addr) -> None:
-        self.inner.bind(transport_id, socket_id, addr)
-
-    def set_destination(
-        self, transport_id: int, socket_id: int, addr: Addr, relay: RelayPath | None = None
-    ) -> None:
-        self.inner.set_destination(transport_id, socket_id, addr, relay)
-
-    def bind_channel(self, socket_id: int, server: Addr, channel: int, peer: Addr) -> None:
-        self.inner.bind_channel(socket_id, server, channel, peer)
-
-    def unbind_channel(self, socket_id: int, server: Addr, channel: int) -> None:
-        self.inner.unbind_channel(socket_id, server, channel)
-
-    def set_srtp(self, transport_id: int, params: SrtpParameters) -> None:
-        self.inner.set_srtp(transport_id, params)
-
-    def remove_transport(self, transport_id: int) -> None:
-        self.inner.remove_transport(transport_id)
-
-    def add_producer(self, spec: ProducerSpec) -> None:
-        self.inner.add_producer(spec)
-
-    def remove_producer(self, transport_id: int, ssrc: int) -> None:
-        self.inner.remove_producer(transport_id, ssrc)
-
-    def add_consumer(self, spec: ConsumerSpec) -> None:
-        self.inner.add_consumer(spec)
-
-    def remove_consumer(self, consumer_id: int) -> None:
-        self.inner.remove_consumer(consumer_id)
-
-    def pause_consumer(self, consumer_id: int, paused: bool) -> None:
-        self.inner.pause_consumer(consumer_id, paused)
-
-    def send_rtcp(self, transport_id: int, packet: bytes) -> None:
-        self.inner.send_rtcp(transport_id, packet)
-
-    def retransmit(self, consumer_id: int, seqs: Sequence[int]) -> int:
-        return self.inner.retransmit(consumer_id, seqs)
-
-    def transport_stats(self, transport_id: int) -> TransportStats | None:
-        return self.inner.transport_stats(transport_id)
-
-    def stats(self) -> EngineStats:
-        return self.inner.stats()
+    def listen_stun(self, listener: Callable[[ControlPacket], bool] | None) -> None: ...
 
 
 class EngineLink:
     """One engine media socket as a :class:`~sfu.doctor.run.MediaLink`."""
 
-    def __init__(self, tap: EngineTap, info: SocketInfo) -> None:
-        self._tap = tap
+    def __init__(self, host: DoctorHost, info: SocketInfo) -> None:
+        self._host = host
         self._info = info
         self.receiver: Receiver | None = None
 
@@ -168,7 +62,7 @@ class EngineLink:
         return self._info.socket_id
 
     def send(self, addr: Addr, data: bytes) -> None:
-        self._tap.send(self._info.socket_id, addr, data)
+        self._host.send_raw(self._info.socket_id, addr, data)
 
     def set_receiver(self, receiver: Receiver | None) -> None:
         self.receiver = receiver
@@ -180,8 +74,8 @@ class LiveDoctor:
     A report younger than ``reuse`` seconds is returned again (``fresh=True`` forces a run).
     """
 
-    def __init__(self, tap: EngineTap, settings: DoctorSettings, *, reuse: float = 10.0) -> None:
-        self.tap = tap
+    def __init__(self, host: DoctorHost, settings: DoctorSettings, *, reuse: float = 10.0) -> None:
+        self.host = host
         self.settings = settings
         self.reuse = reuse
         self._lock = asyncio.Lock()
@@ -201,9 +95,9 @@ class LiveDoctor:
 
     async def _run(self, budget: float) -> Report:
         links: list[EngineLink] = []
-        for info in self.tap.media_sockets:
+        for info in self.host.media_sockets:
             if not self.settings.stun_servers or await stun_servers_for(self.settings, info.family):
-                links.append(EngineLink(self.tap, info))
+                links.append(EngineLink(self.host, info))
         links.sort(key=lambda lk: lk.family != socket.AF_INET)  # IPv4 first: the main verdict
         if not self.settings.stun_servers:
             links = links[:1]  # nothing to probe with: one diagnosis says so
@@ -215,14 +109,14 @@ class LiveDoctor:
                 return False
             return link.receiver(packet.data, packet.addr)
 
-        self.tap.listen(listener)
+        self.host.listen_stun(listener)
         try:
             results = await asyncio.gather(
                 *(self._one(link, budget) for link in links),
                 return_exceptions=True,
             )
         finally:
-            self.tap.listen(None)
+            self.host.listen_stun(None)
         diagnoses: list[Diagnosis] = []
         notes: list[str] = []
         for link, result in zip(links, results, strict=True):

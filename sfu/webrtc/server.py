@@ -28,7 +28,7 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import ifaddr
@@ -142,6 +142,7 @@ class WebRtcServer:
         self._probes_done: asyncio.Future[None] | None = None
         self._probe_timer: asyncio.TimerHandle | None = None
         self._learned: list[MappedAddress] | None = None  # None until gather() ran
+        self._stun_listener: Callable[[ControlPacket], bool] | None = None
         self._range_cursor = 0
         self._ports_in_use: set[int] = set()
         self._transport_sockets: dict[int, tuple[int, list[_Listener]]] = {}
@@ -281,6 +282,19 @@ class WebRtcServer:
             if r.socket_id == socket_id and r.mapped is not None:
                 return r.mapped
         return None
+
+    @property
+    def media_sockets(self) -> list[SocketInfo]:
+        """The shared media sockets (in port-range mode: the service sockets)."""
+        return [lst.info for lst in self._listeners]
+
+    def send_raw(self, socket_id: int, addr: Addr, data: bytes) -> None:
+        """Send a datagram from a media socket (the doctor's probes)."""
+        self.engine.send(socket_id, addr, data)
+
+    def listen_stun(self, listener: Callable[[ControlPacket], bool] | None) -> None:
+        """While set, unbound STUN datagrams go to ``listener`` first; True means it took one."""
+        self._stun_listener = listener
 
     @property
     def local_addresses(self) -> list[Addr]:
@@ -552,6 +566,9 @@ class WebRtcServer:
 
     def _route(self, packet: ControlPacket) -> None:
         if packet.relay is None and not packet.transport_id:
+            listener = self._stun_listener
+            if listener is not None and packet.kind is ControlKind.STUN and listener(packet):
+                return
             probes = self._probes
             if (
                 probes is not None

@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 
 from sfu.config import HostPort, MediaConfig
-from sfu.doctor.live import EngineTap, LiveDoctor
+from sfu.doctor.live import LiveDoctor
 from sfu.doctor.run import DoctorSettings
 from sfu.doctor.stun import binding_request
 from sfu.engine.base import Addr
@@ -334,7 +334,7 @@ async def test_live_doctor_uses_the_engine_socket_and_serves_the_report(
                     report = await resp.json()
                 async with http.get(f"http://{host}:{port}/api/stats") as resp:
                     taken = (await resp.json())["mux"]["dropped_unroutable"]
-                # outside a diagnosis the tap lets everything through to the WebRtcServer
+                # outside a diagnosis the STUN hook is unset: everything reaches routing
                 stranger, _ = await asyncio.get_running_loop().create_datagram_endpoint(
                     asyncio.DatagramProtocol, ("127.0.0.1", 0)
                 )
@@ -364,19 +364,19 @@ async def test_live_doctor_uses_the_engine_socket_and_serves_the_report(
 
 async def test_live_doctor_reuses_a_recent_report() -> None:
     async with loopback_stun() as stun:
-        tap = EngineTap(PyEngine())
-        server = WebRtcServer(tap, _loopback_media(stun))
+        server = WebRtcServer(PyEngine(), _loopback_media(stun))
         server.open()
         server.start()
         try:
-            doc = LiveDoctor(tap, DoctorSettings(stun_servers=(HostPort(*stun),)), reuse=60)
+            doc = LiveDoctor(server, DoctorSettings(stun_servers=(HostPort(*stun),)), reuse=60)
             first, again = await asyncio.gather(doc.diagnose(2.0), doc.diagnose(2.0))
             fresh = await doc.diagnose(2.0, fresh=True)
         finally:
             server.close()
     assert first is again and fresh is not first
     assert [d.verdict.code.value for d in (first.main, fresh.main) if d] == ["public", "public"]
-    assert tap.media_sockets and all(s.local_addr[0] == "127.0.0.1" for s in tap.media_sockets)
+    assert server.media_sockets
+    assert all(s.local_addr[0] == "127.0.0.1" for s in server.media_sockets)
 
 
 async def test_sfu_doctor_command_on_loopback() -> None:
