@@ -5,13 +5,12 @@
 // Tests read window.sfuDemo ({state, pc, stats(), ...}) and <body data-state>.
 
 import { Signaling, addRemoteCandidate } from "./signaling.js";
+import { $, appendLog } from "./ui.js";
 
-const LOG_LIMIT = 500;
 const STATS_INTERVAL_MS = 1000;
 const MIN_RATE_WINDOW_MS = 500;
 const DETACH_WAIT_MS = 1000;
 
-const $ = (id) => document.getElementById(id);
 
 /** Page options from the query string. */
 function readOptions(search) {
@@ -57,11 +56,6 @@ function describeStatsCandidate(c) {
   };
 }
 
-function abbreviate(frame) {
-  return JSON.stringify(frame, (key, value) =>
-    key === "sdp" && typeof value === "string" ? `<sdp ${value.length} bytes>` : value,
-  );
-}
 
 class EchoTest {
   constructor(options) {
@@ -106,22 +100,7 @@ class EchoTest {
   }
 
   addLog(dir, frame) {
-    const entry = { t: performance.now(), dir, frame };
-    this.log.push(entry);
-    if (this.log.length > LOG_LIMIT) this.log.shift();
-    const li = document.createElement("li");
-    li.className = `log-${dir}`;
-    const details = document.createElement("details");
-    const summary = document.createElement("summary");
-    const arrow = { out: "\u2192", in: "\u2190", note: "\u2022" }[dir] ?? dir;
-    summary.textContent = `${(entry.t / 1000).toFixed(3)} ${arrow} ${abbreviate(frame)}`;
-    const pre = document.createElement("pre");
-    pre.textContent = JSON.stringify(frame, null, 2);
-    details.append(summary, pre);
-    li.append(details);
-    const list = $("log");
-    list.append(li);
-    while (list.childElementCount > LOG_LIMIT) list.firstElementChild.remove();
+    appendLog(this.log, dir, frame);
   }
 
   async start() {

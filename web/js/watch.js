@@ -8,13 +8,12 @@
 // and <body data-state>.
 
 import { Signaling, addRemoteCandidate } from "./signaling.js";
+import { $, appendLog } from "./ui.js";
 
-const LOG_LIMIT = 500;
 const STATS_INTERVAL_MS = 1000;
 const DETACH_WAIT_MS = 1000;
 const API = "/api/mountpoints";
 
-const $ = (id) => document.getElementById(id);
 
 function readOptions(search) {
   const params = new URLSearchParams(search);
@@ -41,11 +40,6 @@ function readOptions(search) {
   return options;
 }
 
-function abbreviate(frame) {
-  return JSON.stringify(frame, (key, value) =>
-    key === "sdp" && typeof value === "string" ? `<sdp ${value.length} bytes>` : value,
-  );
-}
 
 /** "VP8 + opus" from a mountpoint's media. */
 function describeMedia(media) {
@@ -102,22 +96,7 @@ class Watcher {
   }
 
   addLog(dir, frame) {
-    const entry = { t: performance.now(), dir, frame };
-    this.log.push(entry);
-    if (this.log.length > LOG_LIMIT) this.log.shift();
-    const li = document.createElement("li");
-    li.className = `log-${dir}`;
-    const details = document.createElement("details");
-    const summary = document.createElement("summary");
-    const arrow = { out: "\u2192", in: "\u2190", note: "\u2022" }[dir] ?? dir;
-    summary.textContent = `${(entry.t / 1000).toFixed(3)} ${arrow} ${abbreviate(frame)}`;
-    const pre = document.createElement("pre");
-    pre.textContent = JSON.stringify(frame, null, 2);
-    details.append(summary, pre);
-    li.append(details);
-    const list = $("log");
-    list.append(li);
-    while (list.childElementCount > LOG_LIMIT) list.firstElementChild.remove();
+    appendLog(this.log, dir, frame);
   }
 
   // -- the list -----------------------------------------------------------------------------
