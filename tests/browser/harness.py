@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -81,6 +80,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
+
+from sfu.natlab.browser import missing_reason as chromium_missing_reason
+from sfu.natlab.browser import playwright_disabled_features
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, ConsoleMessage, Page, Playwright
@@ -103,22 +105,9 @@ BASE_ARGS = (
     "--autoplay-policy=no-user-gesture-required",
 )
 
-_FEATURE_NAME = re.compile(r"[A-Za-z0-9_]+")
-_JS_TOKEN = re.compile(r"//[^\n]*|/\*.*?\*/|\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|\[|\]", re.S)
-_DISABLED_FEATURES = re.compile(r"\bdisabledFeatures\s*=\s*(?:\([^)]*\)\s*=>\s*)?\[")
-
 
 # ---------------------------------------------------------------------------------------------
 # Availability and skips
-
-
-def chromium_missing_reason(executable: Path = CHROMIUM) -> str | None:
-    """Why a browser test cannot run here, or None."""
-    if not os.access(executable, os.X_OK):
-        return f"{executable} not found (apt-get install chromium)"
-    if importlib.util.find_spec("playwright") is None:
-        return "playwright is not installed (pip install playwright; never `playwright install`)"
-    return None
 
 
 def netns_missing_reason() -> str | None:
@@ -144,49 +133,6 @@ def needs_netns() -> pytest.MarkDecorator:
 
 # ---------------------------------------------------------------------------------------------
 # Flags
-
-
-def _playwright_driver_lib() -> Path:
-    spec = importlib.util.find_spec("playwright")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("playwright is not installed")
-    return Path(spec.origin).parent / "driver" / "package" / "lib"
-
-
-def parse_disabled_features(js: str) -> list[str]:
-    """The feature names of the first ``disabledFeatures = [...]`` array in Playwright's JS."""
-    start = _DISABLED_FEATURES.search(js)
-    if start is None:
-        return []
-    names: list[str] = []
-    depth = 1
-    for token in _JS_TOKEN.finditer(js, start.end()):
-        text = token.group()
-        if text == "[":
-            depth += 1
-        elif text == "]":
-            depth -= 1
-            if depth == 0:
-                return names
-        elif text[0] in "\"'" and _FEATURE_NAME.fullmatch(text[1:-1]):
-            names.append(text[1:-1])
-    return []
-
-
-def playwright_disabled_features() -> list[str]:
-    """Playwright's own ``--disable-features`` list (its chromiumSwitches), read from its driver.
-
-    Chromium honours only the last ``--disable-features``, and Playwright puts its own list
-    first, so a caller that disables a feature must repeat this list.
-    """
-    lib = _playwright_driver_lib()
-    sources = [lib / "server" / "chromium" / "chromiumSwitches.js", lib / "coreBundle.js"]
-    for path in sources:
-        if path.is_file():
-            names = parse_disabled_features(path.read_text(encoding="utf-8", errors="replace"))
-            if names:
-                return names
-    raise RuntimeError(f"cannot find Playwright's disabledFeatures list under {lib}")
 
 
 def split_page_host(page_host: str) -> tuple[str, str]:

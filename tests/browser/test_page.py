@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType, web
 
+from sfu.natlab.browser import parse_disabled_features, playwright_disabled_features
+
 from .harness import (
     CHROMIUM,
     MDNS_FEATURE,
@@ -31,8 +33,6 @@ from .harness import (
     linked_netns,
     needs_chromium,
     needs_netns,
-    parse_disabled_features,
-    playwright_disabled_features,
     serve_static_in_netns,
     split_candidates,
     start_reference_echo,
