@@ -57,6 +57,10 @@ _INIT_SCRIPT = """(() => {
       if (desc && desc.type === "answer" && marks.answer === null) marks.answer = performance.now();
       return super.setRemoteDescription(desc);
     }
+    setLocalDescription(desc) {  // the page answers a server offer
+      if (desc && desc.type === "answer" && marks.answer === null) marks.answer = performance.now();
+      return super.setLocalDescription(desc);
+    }
   };
 })();"""
 
@@ -139,9 +143,15 @@ def chromium_args(page_netloc: str) -> list[str]:
     ]
 
 
-def page_url(base: str, ws: str, ice_servers: list[dict[str, Any]]) -> str:
-    """The echo test page under base, with its signaling URL and ICE servers."""
-    query = urlencode({"ws": ws, "ice": json.dumps(ice_servers), "autostart": "1"})
+def page_url(
+    base: str, ws: str, ice_servers: list[dict[str, Any]], server_offers: bool = False
+) -> str:
+    """The echo test page under base, with its signaling URL and ICE servers; with
+    ``server_offers`` the server offers and the page answers (``flow=server``)."""
+    params = {"ws": ws, "ice": json.dumps(ice_servers), "autostart": "1"}
+    if server_offers:
+        params["flow"] = "server"
+    query = urlencode(params)
     return f"{base.rstrip('/')}/echotest.html?{query}"
 
 

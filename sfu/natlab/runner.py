@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from . import netns
 from .coturn import CoturnSpec
-from .matrix import HTTP_PORT, MEDIA_PORT, PROXY_PORT, STUN, Agent, Cell, ServerSetup
+from .matrix import HTTP_PORT, MEDIA_PORT, PROXY_PORT, STUN, Agent, Cell, Flow, ServerSetup
 from .netns import LabError
 from .report import CellResult, RunResult, progress_line
 from .topology import HOST_IP, INTERNET_CLIENT_SIDE_IP, ClientKind, Lab, LabSpec, ServerMode
@@ -243,7 +243,9 @@ class Runner:
         if reason is not None:
             result.note = f"not available: {reason}"
             return
-        url = browser.page_url(base, ws, [{"urls": f"stun:{STUN}"}])
+        url = browser.page_url(
+            base, ws, [{"urls": f"stun:{STUN}"}], server_offers=cell.flow is Flow.SERVER_OFFERS
+        )
 
         async def go() -> None:
             chromium = browser.LabBrowser(lab.client(cell.client).ns, base.split("://", 1)[1])

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from sfu.cli import build_parser, main
 from sfu.natlab import ClientKind, LabUnavailable
+from sfu.natlab.browser import missing_reason
 from sfu.natlab.client import candidate_type, split_candidates
 from sfu.natlab.command import spec_from_args
 from sfu.natlab.matrix import SETUP_BY_NAME, Agent, Cell, Flow, MatrixSpec, Trickle
@@ -353,3 +354,27 @@ def test_natlab_list_needs_no_root(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "bridge-stun symmetric server-offers early=on 50ms" in out
     assert "fail (impossible)" in out and "sfu serve --stun 192.0.2.1:3478" in out
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+@pytest.mark.browser
+def test_chromium_answering_a_server_offer_in_the_papers_cell() -> None:
+    """The paper's very cell with a real browser: the server offers (the echo test page with
+    flow=server), Chromium answers behind the Firefox-like filter, the server sits on Docker's
+    bridge with STUN only, signaling takes 50 ms each way. Early checks win it every run; without
+    them the browser's first check poisons the server's mapping every run."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cells = [
+        Cell(S["bridge-stun"], FILT, Flow.SERVER_OFFERS, early, 50, Agent.CHROMIUM)
+        for early in (True, False)
+    ]
+    try:
+        on, off = Runner(cells, runs=RUNS).run()
+    except LabUnavailable as exc:
+        pytest.skip(str(exc))
+    assert on.successes == RUNS, _describe(on)
+    assert set(on.pairs) == {"srflx/host"}, on.pairs
+    assert off.successes == 0, _describe(off)

@@ -21,6 +21,8 @@ function readOptions(search) {
     iceServers: [],
     policy: params.get("policy") === "relay" ? "relay" : "all",
     autostart: params.get("autostart") === "1",
+    // flow=server: the server offers ({"offer": true}) and the page answers
+    serverOffers: params.get("flow") === "server",
     error: null,
   };
   const ice = params.get("ice");
@@ -142,6 +144,22 @@ class EchoTest {
       for (const track of this.stream.getTracks()) pc.addTrack(track, this.stream);
 
       this.setState("negotiating");
+      if (this.options.serverOffers) {
+        // the server offers (ICE controlling, DTLS actpass, candidates trickled after its first
+        // check); our candidates wait until the answer is acknowledged
+        const offer = await this.handle.message({ offer: true });
+        if (!live()) return;
+        await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
+        this.remoteApplied = true;
+        for (const candidate of this.pendingRemote.splice(0)) await this.applyRemote(candidate);
+        await pc.setLocalDescription(await pc.createAnswer());
+        await this.handle.answer(pc.localDescription.sdp);
+        if (!live()) return;
+        this.offerAcked = true;
+        for (const candidate of this.pendingLocal.splice(0)) this.sendCandidate(candidate);
+        this.startStatsLoop(live);
+        return;
+      }
       await pc.setLocalDescription(await pc.createOffer());
       const answer = await this.handle.offer(pc.localDescription.sdp);
       if (!live()) return;
