@@ -4,8 +4,8 @@
 // RTCIceServer, default [] -- never a public STUN server), policy=relay, autostart=1.
 // Tests read window.sfuDemo ({state, pc, stats(), ...}) and <body data-state>.
 
-import { Signaling, addRemoteCandidate } from "./signaling.js";
-import { $, appendLog } from "./ui.js";
+import { Signaling } from "./signaling.js";
+import { $, PeerPage } from "./ui.js";
 
 const STATS_INTERVAL_MS = 1000;
 const MIN_RATE_WINDOW_MS = 500;
@@ -59,8 +59,9 @@ function describeStatsCandidate(c) {
 }
 
 
-class EchoTest {
+class EchoTest extends PeerPage {
   constructor(options) {
+    super();
     this.options = options;
     this.state = "idle";
     this.generation = 0;
@@ -95,14 +96,6 @@ class EchoTest {
     const running = !["idle", "stopped", "failed", "error", "hangup"].includes(state);
     $("start").disabled = running;
     $("stop").disabled = !running;
-  }
-
-  note(text) {
-    this.addLog("note", { note: text });
-  }
-
-  addLog(dir, frame) {
-    appendLog(this.log, dir, frame);
   }
 
   async start() {
@@ -231,31 +224,7 @@ class EchoTest {
     pc.addEventListener("iceconnectionstatechange", () => {
       $("ice-state").textContent = pc.iceConnectionState;
     });
-    pc.addEventListener("connectionstatechange", () => {
-      if (!live()) return;
-      const state = pc.connectionState;
-      $("conn-state").textContent = state;
-      if (state === "connected") this.setState("connected");
-      else if (state === "disconnected") this.setState("disconnected");
-      else if (state === "failed") {
-        this.note("peer connection failed");
-        this.setState("failed");
-      }
-    });
-  }
-
-  sendCandidate(candidate) {
-    this.handle
-      .trickle(candidate)
-      .catch((err) => this.note(`candidate not accepted: ${err.message}`));
-  }
-
-  async applyRemote(candidate) {
-    try {
-      await addRemoteCandidate(this.pc, candidate);
-    } catch (err) {
-      this.note(`remote candidate rejected: ${err.message}`);
-    }
+    this.followConnectionState(pc, live);
   }
 
   appendCandidate(listId, text) {

@@ -1,4 +1,7 @@
-// Small pieces every demo page uses: element lookup and the signaling log panel.
+// Small pieces every demo page uses: element lookup, the signaling log panel, and the part of
+// a page that drives one PeerConnection.
+
+import { addRemoteCandidate } from "./signaling.js";
 
 export const LOG_LIMIT = 500;
 
@@ -33,4 +36,48 @@ export function appendLog(log, dir, frame) {
   li.append(details);
   list.append(li);
   while (list.childElementCount > LOG_LIMIT) list.firstElementChild.remove();
+}
+
+/**
+ * What the echo test and the watch page share: the signaling log, trickling a candidate to the
+ * server, applying one from it, and following the PeerConnection's state. A subclass has
+ * `log`, `handle`, `pc` and `setState(state)`.
+ */
+export class PeerPage {
+  note(text) {
+    this.addLog("note", { note: text });
+  }
+
+  addLog(dir, frame) {
+    appendLog(this.log, dir, frame);
+  }
+
+  sendCandidate(candidate) {
+    this.handle
+      .trickle(candidate)
+      .catch((err) => this.note(`candidate not accepted: ${err.message}`));
+  }
+
+  async applyRemote(candidate) {
+    try {
+      await addRemoteCandidate(this.pc, candidate);
+    } catch (err) {
+      this.note(`remote candidate rejected: ${err.message}`);
+    }
+  }
+
+  /** Show pc.connectionState in #conn-state and move the page's state with it. */
+  followConnectionState(pc, live) {
+    pc.addEventListener("connectionstatechange", () => {
+      if (!live()) return;
+      const state = pc.connectionState;
+      $("conn-state").textContent = state;
+      if (state === "connected") this.setState("connected");
+      else if (state === "disconnected") this.setState("disconnected");
+      else if (state === "failed") {
+        this.note("peer connection failed");
+        this.setState("failed");
+      }
+    });
+  }
 }

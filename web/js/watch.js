@@ -7,8 +7,8 @@
 // Tests read window.sfuDemo ({state, pc, watching, stats(), watch(id), switchTo(id), ...})
 // and <body data-state>.
 
-import { Signaling, addRemoteCandidate } from "./signaling.js";
-import { $, appendLog } from "./ui.js";
+import { Signaling } from "./signaling.js";
+import { $, PeerPage } from "./ui.js";
 
 const STATS_INTERVAL_MS = 1000;
 const DETACH_WAIT_MS = 1000;
@@ -54,8 +54,9 @@ function compatible(a, b) {
   );
 }
 
-class Watcher {
+class Watcher extends PeerPage {
   constructor(options) {
+    super();
     this.options = options;
     this.state = "idle";
     this.generation = 0;
@@ -89,14 +90,6 @@ class Watcher {
     $("pause").disabled = !active || this.paused;
     $("resume").disabled = !active || !this.paused;
     this.renderList();
-  }
-
-  note(text) {
-    this.addLog("note", { note: text });
-  }
-
-  addLog(dir, frame) {
-    appendLog(this.log, dir, frame);
   }
 
   // -- the list -----------------------------------------------------------------------------
@@ -303,31 +296,7 @@ class Watcher {
       if (!e.streams[0]) stream.addTrack(e.track);
       video.srcObject = stream;
     });
-    pc.addEventListener("connectionstatechange", () => {
-      if (!live()) return;
-      const state = pc.connectionState;
-      $("conn-state").textContent = state;
-      if (state === "connected") this.setState("connected");
-      else if (state === "disconnected") this.setState("disconnected");
-      else if (state === "failed") {
-        this.note("peer connection failed");
-        this.setState("failed");
-      }
-    });
-  }
-
-  sendCandidate(candidate) {
-    this.handle
-      .trickle(candidate)
-      .catch((err) => this.note(`candidate not accepted: ${err.message}`));
-  }
-
-  async applyRemote(candidate) {
-    try {
-      await addRemoteCandidate(this.pc, candidate);
-    } catch (err) {
-      this.note(`remote candidate rejected: ${err.message}`);
-    }
+    this.followConnectionState(pc, live);
   }
 
   // -- stats --------------------------------------------------------------------------------
