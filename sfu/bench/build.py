@@ -1,7 +1,9 @@
-"""Compile the bench's C programs (load generator and floor) with ``cc`` into a directory.
+"""Compile the bench's C programs with ``cc`` into a directory: the load generator and the
+floor (engine figures), the RTP publisher and the watchers' receiver (mountpoint figures).
 
 They are built at bench time rather than by setup.py: they are tools, not part of the package's
-runtime, and build in about a second. Both link our SRTP (sfu/engine/csrc/srtp.c) and libcrypto.
+runtime, and build in about a second. All but the publisher link our SRTP
+(sfu/engine/csrc/srtp.c) and libcrypto.
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ CFLAGS = (*_OPT, "-pthread", "-Wall")
 class Tools:
     loadgen: Path
     floor: Path
+    rtppub: Path
+    watchrx: Path
 
 
 def build_tools(out_dir: Path, cc: str = "cc") -> Tools:
-    """Build ``loadgen`` and ``floor`` into out_dir; BenchError with the compiler's output."""
+    """Build every tool into out_dir; BenchError with the compiler's output."""
     out_dir.mkdir(parents=True, exist_ok=True)
     common = [str(CSRC / "plan.c"), str(ENGINE_CSRC / "srtp.c")]
     built: dict[str, Path] = {}
-    for name in ("loadgen", "floor"):
+    for name in ("loadgen", "floor", "rtppub", "watchrx"):
         target = out_dir / name
         argv = [
             cc,
@@ -41,11 +45,11 @@ def build_tools(out_dir: Path, cc: str = "cc") -> Tools:
             "-o",
             str(target),
             str(CSRC / f"{name}.c"),
-            *common,
+            *([] if name == "rtppub" else common),
             "-lcrypto",
         ]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise BenchError(f"building {name} failed:\n{proc.stderr.strip()}")
         built[name] = target
-    return Tools(loadgen=built["loadgen"], floor=built["floor"])
+    return Tools(**built)

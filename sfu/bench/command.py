@@ -26,7 +26,9 @@ namespace, subscribers check loss, decrypt samples and time them. For fan-out 1-
 1->200 and a 10x10 room, with AES_CM_128_HMAC_SHA1_80 and AEAD_AES_128_GCM, it reports CPU time
 per packet out, the highest output rate under 0.1% loss, p50/p99 one-way latency at half that
 rate and memory per subscriber, for the engine and for a minimal C loop (the floor), with
-engine/floor ratios. Needs root (network namespaces), cc and libssl-dev; takes ~10-15 minutes
+engine/floor ratios. Then the real `sfu serve`: one mountpoint fed by RTP, N WHEP watchers
+(ICE + DTLS-SRTP), with loss, server CPU, memory per watcher and connect times (--watchers N
+runs only that). Needs root (network namespaces), cc and libssl-dev; takes ~10-15 minutes
 (--quick: under a minute). See docs/benchmarks.md."""
 
 
@@ -53,6 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"),
         help="run only this SRTP profile (repeatable)",
     )
+    parser.add_argument(
+        "--watchers",
+        action="append",
+        type=int,
+        metavar="N",
+        help="mountpoint scenario with N WHEP watchers (repeatable; alone it skips the engine "
+        "scenarios unless --scenario is given; 0: skip the mountpoint scenario)",
+    )
+    parser.add_argument(
+        "--watch-seconds", type=float, help="length of the watchers' measurement window"
+    )
     parser.add_argument("--trial-seconds", type=float, help="length of a search trial")
     parser.add_argument("--no-floor", action="store_true", help="skip the C floor (no ratios)")
     parser.add_argument(
@@ -76,6 +89,12 @@ def _options(args: argparse.Namespace) -> BenchOptions:
     opts = BenchOptions.quick_mode(args.engine) if args.quick else BenchOptions(args.engine)
     if args.scenario:
         opts.scenarios = tuple(dict.fromkeys(args.scenario))
+    if args.watchers:
+        opts.watchers = tuple(n for n in dict.fromkeys(args.watchers) if n > 0)
+        if opts.watchers and not args.scenario:
+            opts.scenarios = ()
+    if args.watch_seconds:
+        opts.watch_window_s = args.watch_seconds
     if args.profile:
         opts.profiles = tuple(SrtpProfile[p] for p in dict.fromkeys(args.profile))
     if args.trial_seconds:
@@ -121,9 +140,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(format_table(report))
-    print(f"\n{len(report.results)} runs in {report.seconds:.0f} s, engine: {report.engine}")
+    runs = len(report.results) + len(report.watchers)
+    print(f"\n{runs} runs in {report.seconds:.0f} s, engine: {report.engine}")
     if args.json:
         args.json.write_text(report.dumps() + "\n")
         print(f"JSON written to {args.json}", file=sys.stderr)
-    failed = [r for r in report.results if r.error]
+    failed = [r.error for r in report.results if r.error]
+    failed += [w.error for w in report.watchers if w.error]
     return EXIT_FAILED if failed else EXIT_OK

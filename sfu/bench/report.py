@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -244,6 +245,106 @@ class MemoryResult:
         return out
 
 
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) by nearest rank, None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@dataclass(slots=True)
+class WatchersResult:
+    """One mountpoint fed by RTP, N WHEP watchers through the real ``sfu serve``: what the
+    watchers received in a measurement window, what the server spent, how they connected."""
+
+    watchers: int  # asked for
+    connected: int = 0
+    failed: int = 0
+    connect_errors: list[str] = field(default_factory=list)
+    connect_wall_s: float = 0.0  # all of them, at ``concurrency`` at a time
+    concurrency: int = 0
+    connect_ms: list[float] = field(default_factory=list)  # WHEP POST to DTLS done
+    first_media_ms: list[float] = field(default_factory=list)  # WHEP POST to first RTP
+    profiles: dict[str, int] = field(default_factory=dict)
+    viewers: int = 0  # as the mountpoint counts them at the end of the window
+    window_s: float = 0.0
+    published: int = 0  # packets the publisher sent during the window (video + audio)
+    ingest_lost: int = 0  # the mountpoint's own loss counter, both media
+    received: int = 0  # RTP packets the watchers got in the window
+    expected: int = 0  # from each stream's sequence numbers
+    lost: int = 0
+    silent: int = 0  # watchers that got nothing in the window
+    consent_alive: int = 0  # watchers whose ICE agent still holds consent at the end
+    auth_failures: int = 0
+    bad_payload: int = 0
+    samples: int = 0
+    p50_us: float = 0.0  # one-way delay publisher -> watcher of the decrypted samples
+    p99_us: float = 0.0
+    server_cpu_s: float = 0.0
+    server_out: int = 0  # datagrams the server sent in the window (engine counter)
+    server_in: int = 0
+    load_cpu_s: float = 0.0  # client, receiver and publisher
+    machine_busy_s: float = 0.0
+    rss_before: int = 0  # server RSS with the mountpoint fed, before any watcher
+    rss_after: int = 0  # after the window
+    error: str = ""
+
+    @property
+    def loss(self) -> float:
+        return self.lost / self.expected if self.expected > 0 else 0.0
+
+    @property
+    def delivered(self) -> float:
+        """Packets received / (packets published x watchers connected), in the window."""
+        want = self.published * self.connected
+        return self.received / want if want > 0 else 0.0
+
+    @property
+    def out_pps(self) -> float:
+        return self.server_out / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def server_cores(self) -> float:
+        return self.server_cpu_s / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def cpu_us_per_pkt(self) -> float:
+        return self.server_cpu_s / self.server_out * 1e6 if self.server_out > 0 else 0.0
+
+    @property
+    def rss_per_watcher(self) -> float:
+        if self.connected <= 0 or self.rss_after <= 0:
+            return 0.0
+        return (self.rss_after - self.rss_before) / self.connected
+
+    @property
+    def other_cores(self) -> float:
+        if self.window_s <= 0:
+            return 0.0
+        other = self.machine_busy_s - self.server_cpu_s - self.load_cpu_s
+        return max(0.0, other / self.window_s)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            loss=self.loss,
+            delivered=self.delivered,
+            out_pps=self.out_pps,
+            server_cores=self.server_cores,
+            server_cpu_percent=100 * self.server_cores,
+            cpu_us_per_pkt=self.cpu_us_per_pkt,
+            rss_per_watcher_bytes=self.rss_per_watcher,
+            load_cores=self.load_cpu_s / self.window_s if self.window_s > 0 else 0.0,
+            other_cores=self.other_cores,
+            connect_ms_p50=percentile(self.connect_ms, 0.5),
+            connect_ms_p95=percentile(self.connect_ms, 0.95),
+            first_media_ms_p50=percentile(self.first_media_ms, 0.5),
+            first_media_ms_p95=percentile(self.first_media_ms, 0.95),
+        )
+        return out
+
+
 @dataclass(slots=True)
 class Ratio:
     scenario: str
@@ -262,6 +363,7 @@ class BenchReport:
     settings: dict[str, Any]
     results: list[TargetResult] = field(default_factory=list)
     memory: list[MemoryResult] = field(default_factory=list)
+    watchers: list[WatchersResult] = field(default_factory=list)
     started: str = ""
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -321,6 +423,7 @@ class BenchReport:
             "results": [r.to_json() for r in self.results],
             "ratios": [asdict(r) for r in self.ratios()],
             "memory": [m.to_json() for m in self.memory],
+            "watchers": [w.to_json() for w in self.watchers],
             "targets": self.targets(),
             "notes": self.notes,
         }
@@ -340,8 +443,38 @@ def _f(value: float | None, fmt: str) -> str:
 PROFILE_SHORT = {"AES_CM_128_HMAC_SHA1_80": "AES-CM", "AEAD_AES_128_GCM": "GCM", "plain": "plain"}
 
 
+def format_watchers(results: list[WatchersResult]) -> str:
+    """The mountpoint-to-watchers table (markdown)."""
+    lines = [
+        "| watchers | connected | connect ms p50 / p95 | first media ms p50 / p95 "
+        "| packets out/s | server CPU % of a core | us CPU/pkt out | loss % | delivered % "
+        "| delay us p50 / p99 | server RSS KiB/watcher | other cores |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for w in results:
+        if w.error and not w.connected:
+            lines.append(f"| {w.watchers} | 0 | {w.error} |" + " |" * 9)
+            continue
+
+        def pair(values: list[float], fmt: str) -> str:
+            a, b = percentile(values, 0.5), percentile(values, 0.95)
+            return "-" if a is None or b is None else f"{a:{fmt}} / {b:{fmt}}"
+
+        lines.append(
+            f"| {w.watchers} | {w.connected} | {pair(w.connect_ms, '.0f')} "
+            f"| {pair(w.first_media_ms, '.0f')} | {w.out_pps:,.0f} "
+            f"| {100 * w.server_cores:.1f} | {_f(w.cpu_us_per_pkt, '.2f')} "
+            f"| {100 * w.loss:.3f} | {100 * w.delivered:.2f} "
+            f"| {w.p50_us:.0f} / {w.p99_us:.0f} | {w.rss_per_watcher / 1024:.1f} "
+            f"| {w.other_cores:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def format_table(report: BenchReport) -> str:
     """The per-target table, the ratios, memory and targets, as aligned text (markdown-ready)."""
+    if not report.results and report.watchers:
+        return format_watchers(report.watchers)
     lines = [
         "| scenario | profile | server | max out pps | us CPU/pkt @max | us CPU/pkt @ref "
         "| ref out pps | p50 us @ref | p99 us @ref | server cores @max | load cores @max "
@@ -393,4 +526,6 @@ def format_table(report: BenchReport) -> str:
         met = {True: "yes", False: "NO", None: "not measured"}[t["met"]]
         worst = "-" if t["worst"] is None else f"{t['worst']:,.2f}"
         lines.append(f"| {t['name']} | {t['limit']:,} | {worst} | {met} |")
+    if report.watchers:
+        lines += ["", format_watchers(report.watchers)]
     return "\n".join(lines)

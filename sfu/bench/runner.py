@@ -13,6 +13,9 @@ floor, starts the server in the server namespace and a load generator in the loa
 
 Then the memory probe (the largest fan-out): a fresh engine with publishers only (NACK caches
 filled), then with every subscriber, RSS after each step.
+
+Last, the mountpoint scenario (:mod:`sfu.bench.watchers`): the real ``sfu serve``, one RTP-fed
+mountpoint and N WHEP watchers, for each count in ``watchers``.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sfu
-from sfu.bench import procfs
+from sfu.bench import procfs, watchers
 from sfu.bench.build import CFLAGS, Tools, build_tools
 from sfu.bench.plan import NACK_CACHE, PLAIN, SCENARIOS, Plan, Scenario, build_plan
-from sfu.bench.report import BenchReport, MemoryResult, TargetResult, Trial
+from sfu.bench.report import BenchReport, MemoryResult, TargetResult, Trial, WatchersResult
 from sfu.bench.server import cython_available
 from sfu.bench.topology import BenchError, BenchNet, BenchUnavailable, LineProcess, require_bench
+from sfu.bench.watchers import WatchersOptions, run_watchers
 from sfu.engine.base import SrtpProfile
 
 Progress = Callable[[str], None]
@@ -67,6 +71,10 @@ class BenchOptions:
     pin: bool = True  # server on one CPU, load generator on another (when there are two)
     nice: int = 0  # niceness added to server and load generator (-10: ahead of other work)
     sample_every: int = 16
+    watchers: Sequence[int] = (200,)  # mountpoint scenario: watcher counts (empty: skip it)
+    watch_window_s: float = 10.0
+    watch_settle_s: float = 2.0
+    watch_concurrency: int = 10
     notes: list[str] = field(default_factory=list)
 
     @classmethod
@@ -82,6 +90,9 @@ class BenchOptions:
             ref_pairs=1,
             warmup_s=0.3,
             max_trials=3,
+            watchers=(5,),
+            watch_window_s=2.0,
+            watch_settle_s=1.0,
         )
 
 
@@ -241,7 +252,7 @@ class Runner:
             started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             notes=list(opts.notes),
         )
-        memory_scenario = max(scenarios, key=lambda s: 0 if s.room else s.receivers)
+        memory_scenario = max(scenarios, key=lambda s: 0 if s.room else s.receivers, default=None)
         with tempfile.TemporaryDirectory(prefix="sfu-bench-") as tmp, BenchNet() as net:
             work = Path(tmp)
             self.say(f"building the load generator and the floor in {work}")
@@ -264,6 +275,8 @@ class Runner:
                         self._finish(result, session)
                     result.ref_trials = [result.half] if result.half else []
                     report.results.append(result)
+            for n in opts.watchers:
+                report.watchers.append(self._watchers(env, n))
         report.seconds = time.monotonic() - self._t0
         return report
 
@@ -289,7 +302,33 @@ class Runner:
             "pinned": dict(zip(("server_cpu", "load_cpu"), _cpus(opts.pin), strict=True)),
             "scenarios": [s.name for s in scenarios],
             "profiles": [p.name for p in opts.profiles],
+            "watchers": {
+                "counts": list(opts.watchers),
+                "window_s": opts.watch_window_s,
+                "settle_s": opts.watch_settle_s,
+                "concurrency": opts.watch_concurrency,
+                "video_pps": watchers.VIDEO_PPS,
+                "video_bytes": 1200,
+                "audio_pps": watchers.AUDIO_PPS,
+                "audio_bytes": 172,
+                "fps": watchers.FPS,
+                "keyframe_every_frames": watchers.KEY_EVERY,
+            },
         }
+
+    def _watchers(self, env: _Env, n: int) -> WatchersResult:
+        server_cpu, load_cpu = _cpus(self.opts.pin)
+        wopts = WatchersOptions(
+            window_s=self.opts.watch_window_s,
+            settle_s=self.opts.watch_settle_s,
+            concurrency=self.opts.watch_concurrency,
+            server_cpu=server_cpu,
+            load_cpu=load_cpu,
+            nice=self.opts.nice,
+            engine=env.engine,
+        )
+        self.say(f"watchers {n}: sfu serve, one mountpoint, {n} WHEP watchers")
+        return run_watchers(env.net, env.work, env.tools, n, wopts, _pythonpath(), self.say)
 
     def _plan(self, env: _Env, scenario: Scenario, profile: int, shift: int) -> tuple[Plan, Path]:
         """A fresh plan; ``shift`` moves its ports so two servers and generators can coexist."""

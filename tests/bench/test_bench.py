@@ -19,7 +19,15 @@ import pytest
 
 from sfu.bench.build import build_tools
 from sfu.bench.plan import PLAIN, SCENARIOS, build_plan, parse_plan
-from sfu.bench.report import BenchReport, MemoryResult, TargetResult, Trial
+from sfu.bench.report import (
+    BenchReport,
+    MemoryResult,
+    TargetResult,
+    Trial,
+    WatchersResult,
+    format_table,
+    percentile,
+)
 from sfu.engine.base import SrtpProfile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,6 +146,27 @@ def test_report_ratios_and_targets() -> None:
     assert data["memory"][0]["per_subscriber_bytes"] == pytest.approx(6 * 2**20 / 200)
     assert data["memory"][0]["per_subscriber_marginal_bytes"] == pytest.approx(2 * 2**20 / 100)
     assert data["memory"][0]["per_subscriber_marginal_bytes"] == pytest.approx(2 * 2**20 / 100)
+
+
+def test_watchers_result_figures() -> None:
+    w = WatchersResult(watchers=4, connected=4, window_s=2.0, published=400, received=1590)
+    w.expected, w.lost = 1595, 5
+    w.server_cpu_s, w.server_out = 0.1, 1600
+    w.rss_before, w.rss_after = 50 << 20, (50 << 20) + 4 * 100 * 1024
+    w.connect_ms = [10.0, 20.0, 30.0, 40.0]
+    assert w.loss == pytest.approx(5 / 1595)
+    assert w.delivered == pytest.approx(1590 / 1600)
+    assert w.out_pps == 800 and w.server_cores == pytest.approx(0.05)
+    assert w.cpu_us_per_pkt == pytest.approx(62.5)
+    assert w.rss_per_watcher == 100 * 1024
+    data = w.to_json()
+    assert data["connect_ms_p50"] == 20.0 and data["connect_ms_p95"] == 40.0
+    assert data["server_cpu_percent"] == pytest.approx(5.0)
+    assert percentile([], 0.5) is None and percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    report = BenchReport({"nproc": 2}, "cython", True, {}, watchers=[w])
+    table = format_table(report)
+    assert "| 4 | 4 | 20 / 40 |" in table and "| 62.50 |" in table
+    assert json.loads(report.dumps())["watchers"][0]["delivered"] == pytest.approx(1590 / 1600)
 
 
 # -- the C tools, on loopback (no namespaces needed) ---------------------------------------------
@@ -259,6 +288,20 @@ def test_bench_quick(tmp_path: Path) -> None:
         "p99_us_at_half_max",
         "bytes_per_subscriber_excl_cache",
     }
+    # the mountpoint scenario: the real sfu serve, RTP in, WHEP watchers out
+    assert "| watchers | connected |" in stdout and "watchers 5:" in stderr
+    (w,) = data["watchers"]
+    assert w["error"] == "", w["error"]
+    assert w["watchers"] == w["connected"] == w["viewers"] == 5 and w["failed"] == 0
+    assert w["consent_alive"] == 5 and w["silent"] == 0
+    assert w["published"] > 0 and w["received"] > 0 and w["server_out"] > 0
+    assert 0 <= w["loss"] < 0.02 and w["delivered"] > 0.9
+    assert w["auth_failures"] == 0 and w["bad_payload"] == 0 and w["samples"] > 0
+    assert w["server_cpu_s"] > 0 and w["cpu_us_per_pkt"] > 0 and w["server_cpu_percent"] > 0
+    assert w["rss_after"] > 0 and w["rss_before"] > 0
+    assert len(w["connect_ms"]) == 5 and w["connect_ms_p95"] >= w["connect_ms_p50"] > 0
+    assert len(w["first_media_ms"]) == 5 and w["first_media_ms_p50"] > 0
+    assert w["p99_us"] >= w["p50_us"] > 0
     prefix = f"sfub{proc.pid % 100000}"  # topology.BenchNet's names
     assert not any(name.startswith(prefix) for name in _namespaces())  # cleaned up
 
