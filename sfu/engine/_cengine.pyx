@@ -17,6 +17,7 @@ from sfu.engine.csrc.engine cimport (
     SFU_ENGINE_BATCH,
     SFU_ENGINE_CTL_CAP,
     SFU_ENGINE_RECV_SIZE,
+    SFU_ENGINE_STREAM_REPORTS,
     sfu_addr,
     sfu_addr_format,
     sfu_addr_parse,
@@ -32,6 +33,7 @@ from sfu.engine.csrc.engine cimport (
     sfu_engine_bind_channel,
     sfu_engine_close_socket,
     sfu_engine_counters,
+    sfu_engine_expect_rids,
     sfu_engine_ctl_clear_fd,
     sfu_engine_ctl_entry,
     sfu_engine_ctl_fd,
@@ -77,9 +79,17 @@ from sfu.engine.base import (
 RECV_SIZE = SFU_ENGINE_RECV_SIZE
 BATCH = SFU_ENGINE_BATCH
 CTL_CAPACITY = SFU_ENGINE_CTL_CAP
+STREAM_REPORTS = SFU_ENGINE_STREAM_REPORTS
 
-# index: SFU_CTL_* value (1..4, the ControlKind values)
-_KINDS = (None, ControlKind.STUN, ControlKind.DTLS, ControlKind.RTCP, ControlKind.TURN)
+# index: SFU_CTL_* value (1..5, the ControlKind values)
+_KINDS = (
+    None,
+    ControlKind.STUN,
+    ControlKind.DTLS,
+    ControlKind.RTCP,
+    ControlKind.TURN,
+    ControlKind.STREAM,
+)
 
 
 def classify(data: bytes) -> int:
@@ -314,6 +324,12 @@ cdef class Core:
         cdef int rc
         with nogil:
             rc = sfu_engine_add_ingest(self._e, transport_id, socket_id, ssrc)
+        _check(rc)
+
+    def expect_rids(self, int64_t transport_id, int mid_id, int rid_id, int rrid_id) -> None:
+        cdef int rc
+        with nogil:
+            rc = sfu_engine_expect_rids(self._e, transport_id, mid_id, rid_id, rrid_id)
         _check(rc)
 
     # -- producers and consumers ----------------------------------------------------------------

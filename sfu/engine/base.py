@@ -30,17 +30,30 @@ Streaming mountpoints add three small things (:class:`IngestEngine`, implemented
   pair), after it is added and again after each resume or re-synchronisation, so a watcher
   never decodes delta frames whose reference it never had.
   :mod:`sfu.engine.keyframe` is the reference of what "starts a keyframe" means.
+
+Simulcast with RID (RFC 8852): the sender signals no SSRCs, so ``expect_rids`` tells the engine
+that a transport carries unannounced streams and which header-extension ids carry MID, RID and
+repaired RID. The first packet of each new SSRC without a producer that carries one of them is
+reported once, after SRTP unprotect, as a ``ControlKind.STREAM`` entry of the same control
+queue (:class:`StreamAnnouncement` decodes it; at most ``STREAM_REPORTS`` per ``expect_rids``
+call). The engine hands those entries to the listener given to ``expect_rids`` on the event
+loop thread, ahead of the rest of their batch, rather than to ``deliver``: the transport's
+owner (the application), not the server's datagram router, needs them.
+:mod:`sfu.engine.rtpext` is the reference of the header-extension parsing.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
 from sfu.rtp.srtp import SrtpProfile as SrtpProfile  # re-exported for the engine's callers
+
+log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
 
@@ -55,6 +68,11 @@ class ControlKind(enum.IntEnum):
     DTLS = 2
     RTCP = 3  # already unprotected (SRTCP removed)
     TURN = 4  # TURN ChannelData from a TURN server
+    STREAM = 5  # a new SSRC named by its MID/RID header extensions (see StreamAnnouncement)
+
+
+# STREAM reports a transport may make per expect_rids call.
+STREAM_REPORTS: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +87,55 @@ class ControlPacket:
     relay: Addr | None = (
         None  # set when the datagram came unwrapped from a TURN channel via this server
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SdesExtensionIds:
+    """Header-extension ids negotiated for MID, RID and repaired RID (0 = not negotiated)."""
+
+    mid: int = 0
+    rid: int = 0
+    repaired_rid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAnnouncement:
+    """A new SSRC on a transport, named by the header extensions of its first packet.
+
+    ``repaired_rid`` is set on a retransmission (RTX) stream: it repairs the stream of that RID.
+    """
+
+    transport_id: int
+    ssrc: int
+    mid: str = ""
+    rid: str = ""
+    repaired_rid: str = ""
+
+    def encode(self) -> bytes:
+        """The data of a ``ControlKind.STREAM`` packet (what both engines produce)."""
+        out = bytearray(self.ssrc.to_bytes(4, "big"))
+        for value in (self.mid, self.rid, self.repaired_rid):
+            raw = value.encode("ascii")
+            out.append(len(raw))
+            out += raw
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, packet: ControlPacket) -> StreamAnnouncement:
+        """Parse a ``ControlKind.STREAM`` packet (ValueError if it is not one)."""
+        data = packet.data
+        if packet.kind is not ControlKind.STREAM or len(data) < 7:
+            raise ValueError("not a STREAM control packet")
+        values: list[str] = []
+        o = 4
+        for _ in range(3):
+            n = data[o]
+            values.append(data[o + 1 : o + 1 + n].decode("ascii"))
+            o += 1 + n
+        return cls(packet.transport_id, int.from_bytes(data[:4], "big"), *values)
+
+
+StreamListener = Callable[[StreamAnnouncement], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +294,14 @@ class Engine(Protocol):
         """Forget the transport, its bindings, keys, producers and consumers."""
         ...
 
+    def expect_rids(
+        self, transport_id: int, ids: SdesExtensionIds, listener: StreamListener
+    ) -> None:
+        """Report new SSRCs of ``transport_id`` by their MID/RID extensions to ``listener``
+        (once per SSRC without a producer, at most ``STREAM_REPORTS`` per call; calling
+        again re-arms). ``remove_transport`` forgets it."""
+        ...
+
     def add_producer(self, spec: ProducerSpec) -> None: ...
 
     def remove_producer(self, transport_id: int, ssrc: int) -> None: ...
@@ -263,3 +338,23 @@ class IngestEngine(Engine, Protocol):
         :class:`IngestSpec`). ``remove_transport`` undoes it; the socket stays open until
         ``close_socket``."""
         ...
+
+
+def dispatch_streams(
+    batch: list[ControlPacket], listeners: dict[int, StreamListener]
+) -> list[ControlPacket]:
+    """Hand the STREAM entries of a batch to their transport's listener; returns the rest
+    (a STREAM entry of a transport without a listener is dropped)."""
+    rest: list[ControlPacket] = []
+    for packet in batch:
+        if packet.kind is not ControlKind.STREAM:
+            rest.append(packet)
+            continue
+        listener = listeners.get(packet.transport_id)
+        if listener is None:
+            continue
+        try:
+            listener(StreamAnnouncement.decode(packet))
+        except Exception:  # one listener's failure never takes the batch down
+            log.exception("stream listener of transport %d failed", packet.transport_id)
+    return rest

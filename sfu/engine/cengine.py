@@ -19,6 +19,11 @@ keeps it under the 64 KiB-per-subscriber budget. Limit: packets more than 128 in
 the newest one sent on that SSRC cannot be re-protected (the SRTP sender's replay window, as in
 libsrtp) and count as not found.
 
+Unannounced streams. ``expect_rids`` arms a transport: the C loop parses the MID/RID header
+extensions of the first packet of each new SSRC without a producer (after unprotect) and queues
+one STREAM entry for it; ``_drain`` hands those to the transport's listener before delivering
+the rest of the batch.
+
 Continuity. Sequence-number and timestamp continuity is kept per outbound stream (destination
 transport, SSRC), so it holds across a pause and also across a source switch (remove the
 consumer of A, add a consumer of B writing the same SSRC).
@@ -38,15 +43,19 @@ from sfu.engine import _cengine
 from sfu.engine.base import (
     Addr,
     ConsumerSpec,
+    ControlKind,
     ControlPacket,
     Deliver,
     EngineStats,
     IngestSpec,
     ProducerSpec,
     RelayPath,
+    SdesExtensionIds,
     SocketInfo,
     SrtpParameters,
+    StreamListener,
     TransportStats,
+    dispatch_streams,
 )
 
 log = logging.getLogger(__name__)
@@ -78,6 +87,7 @@ class CEngine:
         self._thread: threading.Thread | None = None
         self._watching = False
         self._stopped = False
+        self._stream_listeners: dict[int, StreamListener] = {}
 
     # -- sockets -------------------------------------------------------------------------------
 
@@ -156,6 +166,8 @@ class CEngine:
 
     def _drain(self) -> None:
         batch: list[ControlPacket] = self._core.drain()
+        if any(p.kind is ControlKind.STREAM for p in batch):
+            batch = dispatch_streams(batch, self._stream_listeners)
         if batch and self._deliver is not None:
             self._deliver(batch)
 
@@ -195,7 +207,14 @@ class CEngine:
         )
 
     def remove_transport(self, transport_id: int) -> None:
+        self._stream_listeners.pop(transport_id, None)
         self._core.remove_transport(transport_id)
+
+    def expect_rids(
+        self, transport_id: int, ids: SdesExtensionIds, listener: StreamListener
+    ) -> None:
+        self._core.expect_rids(transport_id, ids.mid, ids.rid, ids.repaired_rid)
+        self._stream_listeners[transport_id] = listener
 
     def add_producer(self, spec: ProducerSpec) -> None:
         self._core.add_producer(spec.transport_id, spec.ssrc, spec.clock_rate, spec.cache_size)

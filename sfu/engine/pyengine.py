@@ -10,6 +10,10 @@ guards the SRTP sessions and the routing tables.
 Ingest sockets (:meth:`PyEngine.add_ingest`): every datagram on such a socket belongs to one
 transport, whatever its source address; RTP on it is plain or SDES-keyed SRTP and gets the
 transport's fixed SSRC.
+
+Unannounced streams (:meth:`PyEngine.expect_rids`): the first packet of a new SSRC without a
+producer is read for its MID/RID extensions (:mod:`sfu.engine.rtpext`) and reported once as a
+STREAM control packet, which the event loop side hands to the transport's listener.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field, replace
 import pylibsrtp
 
 from sfu.engine.base import (
+    STREAM_REPORTS,
     Addr,
     ConsumerSpec,
     ControlKind,
@@ -40,13 +45,18 @@ from sfu.engine.base import (
     IngestSpec,
     ProducerSpec,
     RelayPath,
+    SdesExtensionIds,
     SocketInfo,
     SrtpParameters,
     SrtpProfile,
+    StreamAnnouncement,
+    StreamListener,
     StreamStats,
     TransportStats,
+    dispatch_streams,
 )
 from sfu.engine.keyframe import starts_keyframe
+from sfu.engine.rtpext import sdes_extensions
 from sfu.rtp.demux import PacketKind, classify
 
 log = logging.getLogger(__name__)
@@ -113,6 +123,9 @@ class _Transport:
     jitter_prev: dict[int, tuple[int, int]] = field(default_factory=dict)
     ingest_ssrc: int | None = None  # an ingest transport: RTP gets this SSRC
     sender_ssrc: int | None = None  # the last SSRC its sender used
+    sdes_ids: tuple[int, int, int] | None = None  # expect_rids: MID, RID, repaired RID ids
+    stream_reports: int = 0  # STREAM reports left
+    announced: set[int] = field(default_factory=set)  # SSRCs reported
 
 
 class PyEngine:
@@ -135,6 +148,7 @@ class PyEngine:
         self._stats = EngineStats()
         self._deliver: Deliver | None = None
         self._pending: list[ControlPacket] = []
+        self._stream_listeners: dict[int, StreamListener] = {}  # event loop thread only
         self._thread: threading.Thread | None = None
         self._running = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -286,7 +300,20 @@ class PyEngine:
             t = self._transport(transport_id)
             t.rx, t.tx = rx, tx
 
+    def expect_rids(
+        self, transport_id: int, ids: SdesExtensionIds, listener: StreamListener
+    ) -> None:
+        values = (ids.mid, ids.rid, ids.repaired_rid)
+        if any(not 0 <= v <= 255 for v in values):
+            raise ValueError("invalid argument")
+        with self._lock:
+            t = self._transport(transport_id)
+            t.sdes_ids = values if any(values) else None
+            t.stream_reports = STREAM_REPORTS
+        self._stream_listeners[transport_id] = listener
+
     def remove_transport(self, transport_id: int) -> None:
+        self._stream_listeners.pop(transport_id, None)
         with self._lock:
             t = self._transports.pop(transport_id, None)
             if t is None:
@@ -525,7 +552,7 @@ class PyEngine:
                     self._stats.dropped_unknown += 1
                     return
                 if kind == PacketKind.RTP:
-                    self._on_rtp(t, data)
+                    self._on_rtp(t, data, socket_id, addr)
                     return
                 try:
                     plain = t.rx.unprotect_rtcp(data)
@@ -548,7 +575,9 @@ class PyEngine:
             else:
                 t.stats.rtcp_in += 1  # the sender's reports: counted, not used
 
-    def _on_rtp(self, t: _Transport, data: bytes) -> None:
+    def _on_rtp(
+        self, t: _Transport, data: bytes, socket_id: int = 0, addr: Addr | None = None
+    ) -> None:
         if t.rx is not None:
             try:
                 plain = t.rx.unprotect(data)
@@ -570,6 +599,13 @@ class PyEngine:
             t.sender_ssrc = ssrc
             ssrc = t.ingest_ssrc
             plain = plain[:8] + struct.pack("!I", ssrc) + plain[12:]
+        if (
+            t.sdes_ids is not None
+            and addr is not None
+            and ssrc not in t.producers
+            and ssrc not in t.announced
+        ):
+            self._announce(t, ssrc, plain, socket_id, addr)
         now = time.monotonic()
         self._update_inbound(t, ssrc, seq, ts, len(plain), now)
         consumers = self._routes.get((t.transport_id, ssrc))
@@ -588,6 +624,18 @@ class PyEngine:
                     continue
                 c.waiting = False
             self._forward(c, plain, pt, seq, ts, now)
+
+    def _announce(self, t: _Transport, ssrc: int, plain: bytes, socket_id: int, addr: Addr) -> None:
+        assert t.sdes_ids is not None
+        if t.stream_reports <= 0:
+            return
+        found = sdes_extensions(plain, t.sdes_ids)
+        if found is None or not any(found):
+            return
+        t.announced.add(ssrc)
+        t.stream_reports -= 1
+        data = StreamAnnouncement(t.transport_id, ssrc, *found).encode()
+        self._queue(ControlPacket(ControlKind.STREAM, socket_id, addr, data, t.transport_id))
 
     def _resync(self, t: _Transport, ssrc: int) -> None:
         """A new sender on an ingest transport: its stream statistics start over and every
@@ -676,13 +724,20 @@ class PyEngine:
         if len(self._pending) >= _BATCH:
             self._flush()
 
+    def _dispatch(self, batch: list[ControlPacket]) -> None:
+        """On the event loop: STREAM packets to their listeners, the rest to ``deliver``."""
+        if any(p.kind is ControlKind.STREAM for p in batch):
+            batch = dispatch_streams(batch, self._stream_listeners)
+        if batch and self._deliver is not None:
+            self._deliver(batch)
+
     def _flush(self) -> None:
         if not self._pending or self._deliver is None or self._loop is None:
             return
         batch, self._pending = self._pending, []
         self._stats.control_delivered += len(batch)
         try:
-            self._loop.call_soon_threadsafe(self._deliver, batch)
+            self._loop.call_soon_threadsafe(self._dispatch, batch)
         except RuntimeError:  # loop closed during shutdown
             pass
 

@@ -6,7 +6,9 @@
 // re-offered (an `offer` event) whenever someone publishes or leaves.
 //
 // Query parameters: ws=, ice= (as on the echo page), room=, name=, token=, publish=0 (watch
-// only), autostart=1. Tests read window.sfuDemo ({state, stats(), start(), stop(), ...}) and
+// only), simulcast=1 (publish 1280x720 as three rid layers q, h, f), autostart=1. Each received
+// simulcast video gets a layer selector (a `configure` request; `layer` events say which layer
+// arrives). Tests read window.sfuDemo ({state, stats(), start(), stop(), configure(), ...}) and
 // <body data-state>: idle, joining, joined, error, hangup, stopped.
 
 import { Signaling, addRemoteCandidate } from "./signaling.js";
@@ -15,6 +17,12 @@ import { $, appendLog } from "./ui.js";
 const STATS_INTERVAL_MS = 1000;
 const DETACH_WAIT_MS = 1000;
 const ENDED = ["idle", "stopped", "error"];
+// Simulcast layers, lowest first (the server expects this order).
+const SIMULCAST_ENCODINGS = [
+  { rid: "q", scaleResolutionDownBy: 4 },
+  { rid: "h", scaleResolutionDownBy: 2 },
+  { rid: "f", scaleResolutionDownBy: 1 },
+];
 
 
 function readOptions(search) {
@@ -27,6 +35,7 @@ function readOptions(search) {
     name: params.get("name") || `guest-${Math.random().toString(16).slice(2, 6)}`,
     token: params.get("token") || "",
     publish: params.get("publish") !== "0",
+    simulcast: params.get("simulcast") === "1",
     autostart: params.get("autostart") === "1",
     error: null,
   };
@@ -118,6 +127,7 @@ class RoomDemo {
     this.participants = new Map(); // id -> {id, display, tracks}
     this.streams = []; // the last applied offer's streams
     this.remoteStreams = new Map(); // participant id -> MediaStream
+    this.layers = new Map(); // subscriber mid -> {layer, requested} from `layer` events
     this.offers = 0;
     this.offerChain = Promise.resolve();
     this.error = null;
@@ -144,6 +154,7 @@ class RoomDemo {
     this.options.name = $("name").value.trim() || this.options.name;
     this.options.token = $("token").value.trim();
     this.options.publish = $("publish").checked;
+    this.options.simulcast = $("simulcast").checked;
   }
 
   async start() {
@@ -187,6 +198,7 @@ class RoomDemo {
       this.sub = new Link(this.subHandle, this.options, (t) => this.note(t));
       this.sub.pc.addEventListener("track", () => this.renderRemotes());
       this.subHandle.addEventListener("offer", (e) => this.queueOffer(e.detail, live));
+      this.subHandle.addEventListener("app", (e) => this.onLayerEvent(e.detail.data));
       this.subHandle.addEventListener("hangup", (e) => {
         if (!live()) return;
         this.note(`subscription ended: ${e.detail.reason}`);
@@ -205,14 +217,18 @@ class RoomDemo {
   }
 
   async publish(live) {
-    this.stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
+    const simulcast = this.options.simulcast;
+    const video = simulcast ? { width: { ideal: 1280 }, height: { ideal: 720 } } : true;
+    this.stream = await navigator.mediaDevices.getUserMedia({ audio: true, video });
     if (!live()) return;
     $("local-video").srcObject = this.stream;
     $("local-caption").textContent = `${this.me.display} (you)`;
     this.pub = new Link(this.pubHandle, this.options, (t) => this.note(t));
     const pc = this.pub.pc;
     for (const track of this.stream.getTracks()) {
-      pc.addTransceiver(track, { direction: "sendonly", streams: [this.stream] });
+      const init = { direction: "sendonly", streams: [this.stream] };
+      if (simulcast && track.kind === "video") init.sendEncodings = SIMULCAST_ENCODINGS;
+      pc.addTransceiver(track, init);
     }
     await pc.setLocalDescription(await pc.createOffer());
     const answer = await this.pubHandle.offer(pc.localDescription.sdp);
@@ -242,6 +258,39 @@ class RoomDemo {
     this.renderRemotes();
   }
 
+  /** `layer` events on the subscriber handle: which simulcast layer a section receives. */
+  onLayerEvent(data) {
+    if (data?.event !== "layer") return;
+    this.layers.set(data.mid, { layer: data.layer, requested: data.requested });
+    const label = document.querySelector(`[data-layer-of="${data.mid}"]`);
+    if (label) label.textContent = `receiving ${data.layer}`;
+  }
+
+  /** Ask for a layer (a rid, an index or "auto") of the simulcast section `mid`. */
+  configure(mid, layer) {
+    return this.subHandle.message({ request: "configure", mid, layer });
+  }
+
+  /** A layer selector per simulcast video section of a participant's figure. */
+  renderLayerControls(figure, sections) {
+    for (const s of sections) {
+      if (!s.layers || figure.querySelector(`select[data-mid="${s.mid}"]`)) continue;
+      const label = document.createElement("label");
+      label.className = "layer";
+      const select = document.createElement("select");
+      select.dataset.mid = s.mid;
+      for (const name of ["auto", ...s.layers]) select.append(new Option(name, name));
+      select.addEventListener("change", () =>
+        this.configure(s.mid, select.value).catch((err) => this.note(`configure: ${err.message}`)),
+      );
+      const current = document.createElement("span");
+      current.dataset.layerOf = s.mid;
+      current.textContent = this.layers.has(s.mid) ? `receiving ${this.layers.get(s.mid).layer}` : "";
+      label.append("layer ", select, " ", current);
+      figure.append(label);
+    }
+  }
+
   onRoomEvent(data) {
     const p = data.participant;
     if (data.event === "left") this.participants.delete(p.id);
@@ -260,12 +309,15 @@ class RoomDemo {
     const byMid = new Map(this.sub.pc.getTransceivers().map((t) => [t.mid, t]));
     const tracks = new Map(); // participant -> [track]
     const names = new Map();
+    const sections = new Map(); // participant -> [stream entries]
     for (const s of this.streams) {
       const transceiver = byMid.get(s.mid);
       if (!s.active || !transceiver) continue;
       if (!tracks.has(s.participant)) tracks.set(s.participant, []);
       tracks.get(s.participant).push(transceiver.receiver.track);
       names.set(s.participant, s.display);
+      if (!sections.has(s.participant)) sections.set(s.participant, []);
+      sections.get(s.participant).push(s);
     }
     for (const [pid, list] of tracks) {
       let stream = this.remoteStreams.get(pid);
@@ -284,6 +336,7 @@ class RoomDemo {
         figure.append(video, caption);
         $("videos").append(figure);
       }
+      this.renderLayerControls($(`remote-${pid}`), sections.get(pid) ?? []);
       for (const old of stream.getTracks()) if (!list.includes(old)) stream.removeTrack(old);
       for (const track of list) if (!stream.getTracks().includes(track)) stream.addTrack(track);
     }
@@ -325,12 +378,16 @@ class RoomDemo {
       publishing: null,
       remote: {},
       inbound: {},
+      video: {}, // subscriber mid -> {frameWidth, frameHeight, framesDecoded, trackIdentifier, layer}
     };
     if (this.pub && this.pub.pc.signalingState !== "closed") {
       const report = await this.pub.pc.getStats();
       for (const s of report.values()) {
         if (s.type === "outbound-rtp" && s.kind === "video") {
-          out.publishing = { framesEncoded: s.framesEncoded ?? 0, packetsSent: s.packetsSent ?? 0 };
+          const p = (out.publishing ??= { framesEncoded: 0, packetsSent: 0, layers: {} });
+          p.framesEncoded += s.framesEncoded ?? 0;
+          p.packetsSent += s.packetsSent ?? 0;
+          if (s.rid) p.layers[s.rid] = { frameWidth: s.frameWidth ?? 0, active: s.active };
         }
       }
     }
@@ -349,7 +406,16 @@ class RoomDemo {
       });
       r.kinds.push(s.kind);
       r.packetsReceived += s.packetsReceived ?? 0;
-      if (s.kind === "video") r.framesDecoded += s.framesDecoded ?? 0;
+      if (s.kind === "video") {
+        r.framesDecoded += s.framesDecoded ?? 0;
+        out.video[s.mid] = {
+          frameWidth: s.frameWidth ?? 0,
+          frameHeight: s.frameHeight ?? 0,
+          framesDecoded: s.framesDecoded ?? 0,
+          trackIdentifier: s.trackIdentifier,
+          layer: this.layers.get(s.mid)?.layer ?? null,
+        };
+      }
       const total = (out.inbound[s.kind] ??= { framesDecoded: 0, packetsReceived: 0 });
       total.framesDecoded += s.framesDecoded ?? 0;
       total.packetsReceived += s.packetsReceived ?? 0;
@@ -406,6 +472,7 @@ $("room").value = options.room;
 $("name").value = options.name;
 $("token").value = options.token;
 $("publish").checked = options.publish;
+$("simulcast").checked = options.simulcast;
 
 window.sfuDemo = {
   get state() {
@@ -427,6 +494,7 @@ window.sfuDemo = {
   stats: () => demo.stats(),
   start: () => demo.start(),
   stop: () => demo.stop(),
+  configure: (mid, layer) => demo.configure(mid, layer),
 };
 
 $("join").addEventListener("click", () => demo.start());

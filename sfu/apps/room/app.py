@@ -109,10 +109,17 @@ class RoomApp(Application):
 
     # -- feedback toward publishers -----------------------------------------------------------
 
-    def request_keyframe(self, room: str, feed: Feed) -> None:
+    def request_keyframe(self, room: str, feed: Feed, ssrc: int | None = None) -> None:
+        """A keyframe of ``feed`` (of its simulcast layer ``ssrc``) toward its publisher."""
         publisher = self.publishers.get((room, feed.participant_id))
         if publisher is not None:
-            publisher.request_keyframe(feed.track.source)
+            publisher.request_keyframe(feed.track.source, ssrc)
+
+    def layers_changed(self, room: str, publisher_id: str) -> None:
+        """A publisher learned a simulcast layer: its subscribers may switch to it."""
+        for (r, _), sub in list(self.subscribers.items()):
+            if r == room and not sub.closed:
+                sub.layers_changed(publisher_id)
 
     def on_estimate(self, room: str, publisher_id: str, subscriber: Hashable, bitrate: int) -> None:
         publisher = self.publishers.get((room, publisher_id))

@@ -74,19 +74,24 @@ def remb_shares(
 class BitrateEstimates:
     """What each subscriber can receive of one publisher's video; the minimum goes upstream.
 
-    :meth:`update` says whether a REMB should go now (the minimum dropped), :meth:`due` whether
+    :meth:`update` says whether a REMB should go now (the value dropped), :meth:`due` whether
     the periodic refresh is due. Estimates older than ``ttl`` no longer count.
+
+    With ``highest`` (a simulcast publisher) the largest estimate goes upstream instead: each
+    subscriber is served by a layer that fits its own estimate, so the slowest one must not cap
+    the encoder (the publisher adds what its lower layers need, see PublisherSession).
     """
 
     ttl: float = REMB_TTL
     refresh: float = REMB_REFRESH
+    highest: bool = False
     _estimates: dict[Hashable, tuple[int, float]] = field(default_factory=dict)
     _last_sent: tuple[int, float] | None = None
 
     def update(self, subscriber: Hashable, bitrate: int, now: float) -> int | None:
         """Record an estimate; returns the bitrate to send at once, if the minimum dropped."""
         self._estimates[subscriber] = (bitrate, now)
-        value = self.minimum(now)
+        value = self.value(now)
         if value is None:
             return None
         if self._last_sent is None or value < self._last_sent[0]:
@@ -102,9 +107,16 @@ class BitrateEstimates:
             del self._estimates[key]
         return min((b for b, _ in self._estimates.values()), default=None)
 
+    def value(self, now: float) -> int | None:
+        """What goes upstream: the minimum, or with ``highest`` the maximum."""
+        low = self.minimum(now)  # also drops the stale estimates
+        if not self.highest or low is None:
+            return low
+        return max(b for b, _ in self._estimates.values())
+
     def due(self, now: float) -> int | None:
         """The bitrate to send if the last REMB is older than ``refresh`` (None: nothing)."""
-        value = self.minimum(now)
+        value = self.value(now)
         if value is None:
             self._last_sent = None
             return None

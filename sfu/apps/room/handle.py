@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 from sfu.apps.base import AppContext, AppError, AppHandle
 from sfu.apps.room.model import RoomError
 from sfu.apps.room.publisher import PublisherSession
-from sfu.apps.room.requests import Join, Leave, Participants, Subscribe, Unpublish, parse_request
+from sfu.apps.room.requests import (
+    Configure,
+    Join,
+    Leave,
+    Participants,
+    Subscribe,
+    Unpublish,
+    parse_request,
+)
 from sfu.apps.room.subscriber import SubscriberSession
 
 if TYPE_CHECKING:
@@ -31,6 +39,7 @@ class RoomHandle(AppHandle):
             Unpublish: self._unpublish,
             Leave: self._leave,
             Participants: self._participants,
+            Configure: self._configure,
         }
 
     async def on_message(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +123,12 @@ class RoomHandle(AppHandle):
         else:
             raise RoomError(409, "join or subscribe first")
         return {"room": room, "participants": self.app.rooms.get(room).describe()}
+
+    def _configure(self, req: Configure) -> dict[str, Any]:
+        if not self._subscribing:
+            raise RoomError(409, "'configure' needs a subscriber handle: subscribe first")
+        assert self.subscription is not None
+        return {"result": "ok", **self.subscription.configure(req.mid, req.layer)}
 
     # -- JSEP -----------------------------------------------------------------------------------
 

@@ -104,7 +104,7 @@ class Slot:
 
     def describe(self) -> dict[str, Any]:
         feed = self.feed
-        return {
+        out: dict[str, Any] = {
             "mid": self.mid,
             "kind": self.media.kind,
             "active": feed is not None,
@@ -112,6 +112,9 @@ class Slot:
             "display": feed.display if feed else None,
             "track": feed.track.mid if feed else None,
         }
+        if feed is not None and feed.track.rids:
+            out["layers"] = list(feed.track.rids)
+        return out
 
 
 @dataclass(frozen=True)

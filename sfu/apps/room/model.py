@@ -42,9 +42,19 @@ class Track:
     codec: RemoteCodec  # as the publisher sends it (its payload type)
     source: Source
     extensions: tuple[tuple[int, str], ...] = ()  # (id, uri) the publisher's packets carry
+    # simulcast: the layers' RIDs, lowest first; their SSRCs are learned from the packets and
+    # ``source.ssrc`` is 0 (see sfu.apps.room.simulcast)
+    rids: tuple[str, ...] = ()
+
+    @property
+    def simulcast(self) -> bool:
+        return bool(self.rids)
 
     def describe(self) -> dict[str, Any]:
-        return {"mid": self.mid, "kind": self.kind, "codec": self.codec.name}
+        out: dict[str, Any] = {"mid": self.mid, "kind": self.kind, "codec": self.codec.name}
+        if self.rids:
+            out["layers"] = list(self.rids)
+        return out
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,15 @@ class Participants:
     pass
 
 
-Request = Join | Subscribe | Unpublish | Leave | Participants
+@dataclass(frozen=True)
+class Configure:
+    """A subscriber's choice for one simulcast section: a RID, a spatial index or "auto"."""
+
+    mid: str
+    layer: str | int
+
+
+Request = Join | Subscribe | Unpublish | Leave | Participants | Configure
 
 _FIELDS: dict[str, tuple[set[str], set[str]]] = {  # request -> (required, optional)
     "join": ({"room"}, {"display", "token"}),
@@ -54,6 +62,7 @@ _FIELDS: dict[str, tuple[set[str], set[str]]] = {  # request -> (required, optio
     "unpublish": (set(), set()),
     "leave": (set(), set()),
     "participants": (set(), set()),
+    "configure": ({"mid", "layer"}, set()),
 }
 
 
@@ -107,4 +116,14 @@ def parse_request(body: dict[str, Any]) -> Request:
         return Unpublish()
     if kind == "leave":
         return Leave()
+    if kind == "configure":
+        mid = _text(body, "mid", MAX_ID)
+        assert mid is not None
+        layer = body.get("layer")
+        if isinstance(layer, bool) or not isinstance(layer, str | int):
+            raise RoomError(401, "'layer' must be a rid, a spatial index or 'auto'")
+        if isinstance(layer, str):
+            layer = _text(body, "layer", MAX_ID)
+            assert layer is not None
+        return Configure(mid, layer)
     return Participants()

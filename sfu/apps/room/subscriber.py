@@ -5,6 +5,13 @@ Each accepted m-section gets an engine consumer from the publisher's producer to
 under the SSRC announced in the offer. RTCP from the subscriber is turned into work upstream:
 PLI/FIR into a keyframe request to the publisher, NACK into a retransmission from the
 consumer's cache, REMB into per-publisher bandwidth estimates.
+
+A simulcast feed's consumer forwards one layer at a time, chosen by a
+:class:`~sfu.apps.room.simulcast.LayerSelector` from the subscriber's ``configure`` request and
+its share of the REMB. Switching replaces the engine consumer by one of the new layer's SSRC
+writing the same outbound SSRC (the engine continues sequence numbers and timestamps), gated
+until a keyframe, and asks the publisher for a keyframe of that layer; the subscriber is told
+with a ``layer`` event.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from aiortc import rtp as artp
 from sfu.apps.base import AppContext, AppError
 from sfu.apps.room.feedback import remb_shares
 from sfu.apps.room.layout import SubscriberLayout
-from sfu.apps.room.model import Feed
-from sfu.engine.base import ConsumerSpec
+from sfu.apps.room.model import Feed, RoomError
+from sfu.apps.room.simulcast import LayerSelector
+from sfu.engine.base import KEYFRAME_CODECS, ConsumerSpec
 from sfu.rtp import rtcp
 from sfu.webrtc.peer import Peer
 
@@ -36,10 +44,28 @@ class Consumer:
     mid: str
     feed: Feed
     dst_ssrc: int
+    src_ssrc: int = 0  # simulcast: the SSRC of the forwarded layer
 
     @property
     def kind(self) -> str:
         return self.feed.track.kind
+
+    @property
+    def layer_ssrc(self) -> int | None:
+        """The SSRC keyframes are asked of (None: the track's own)."""
+        return self.src_ssrc if self.feed.track.simulcast else None
+
+
+@dataclass
+class SimulcastLink:
+    """A subscriber section fed by a simulcast track: where its consumer writes, and which
+    layer it forwards (``selector.current``; no consumer until a layer is known)."""
+
+    feed: Feed
+    selector: LayerSelector
+    dst_transport: int
+    dst_ssrc: int
+    payload_type_map: tuple[tuple[int, int], ...]
 
 
 def fir_ssrcs(fci: bytes) -> list[int]:
@@ -56,6 +82,7 @@ class SubscriberSession:
         self.layout = SubscriberLayout()
         self.peer: Peer | None = None
         self.consumers: dict[str, Consumer] = {}  # by mid
+        self.simulcast: dict[str, SimulcastLink] = {}  # by mid
         self.closed = False
         self._dirty = False
         self.offers = 0
@@ -66,6 +93,7 @@ class SubscriberSession:
                 "nack_seqs",
                 "retransmitted",
                 "rembs_in",
+                "layer_switches",
             ),
             0,
         )
@@ -140,11 +168,21 @@ class SubscriberSession:
                 continue
             assert feed is not None and m is not None and m.codec is not None
             assert m.send_ssrc is not None
-            if slot.mid in self.consumers:
+            if slot.mid in self.consumers or slot.mid in self.simulcast:
                 continue
             track = feed.track
-            cid = self.ctx.server.next_consumer_id()
             pt_in, pt_out = track.codec.payload_type, m.codec.payload_type
+            if track.simulcast:
+                self.simulcast[slot.mid] = SimulcastLink(
+                    feed,
+                    LayerSelector(track.rids),
+                    peer.transport.id,
+                    m.send_ssrc,
+                    ((pt_in, pt_out),) if pt_in != pt_out else (),
+                )
+                self._apply_layer(slot.mid)
+                continue
+            cid = self.ctx.server.next_consumer_id()
             self.ctx.server.engine.add_consumer(
                 ConsumerSpec(
                     consumer_id=cid,
@@ -163,9 +201,86 @@ class SubscriberSession:
                 self.app.request_keyframe(self.room, feed)
 
     def _drop_consumer(self, mid: str) -> None:
+        self.simulcast.pop(mid, None)
         consumer = self.consumers.pop(mid, None)
         if consumer is not None:
             self.ctx.server.engine.remove_consumer(consumer.consumer_id)
+
+    # -- simulcast --------------------------------------------------------------------------------
+
+    def configure(self, mid: str, layer: str | int) -> dict[str, Any]:
+        """The ``configure`` request: the highest layer wanted for section ``mid``, or "auto"."""
+        link = self.simulcast.get(mid)
+        if link is None:
+            raise RoomError(404, f"no simulcast stream on mid '{mid[:16]}'")
+        try:
+            requested = link.selector.request(layer)
+        except ValueError as exc:
+            raise RoomError(400, str(exc)) from None
+        self._apply_layer(mid, "request")
+        return {"mid": mid, "layer": requested, "current": link.selector.current}
+
+    def layers_changed(self, participant_id: str) -> None:
+        """A publisher learned (or lost) layers: re-evaluate the sections it feeds."""
+        for mid, link in list(self.simulcast.items()):
+            if link.feed.participant_id == participant_id:
+                self._apply_layer(mid, "available")
+
+    def _apply_layer(self, mid: str, reason: str = "available") -> None:
+        link = self.simulcast.get(mid)
+        peer = self.peer
+        if link is None or peer is None or peer.closed:
+            return
+        publisher = self.app.publishers.get((self.room, link.feed.participant_id))
+        track = link.feed.track
+        available = publisher.layer_bitrates(track.mid) if publisher is not None else {}
+        rid = link.selector.update(available, self.app.monotonic())
+        current = self.consumers.get(mid)
+        if rid is None:
+            rid = link.selector.current
+            if rid is None or publisher is None or current is None:
+                return
+            if publisher.layer_ssrc(track.mid, rid) == current.src_ssrc:
+                return  # same layer, same SSRC: nothing to do
+            reason = "restarted"
+        ssrc = publisher.layer_ssrc(track.mid, rid) if publisher is not None else None
+        if ssrc is None:
+            return
+        engine = self.ctx.server.engine
+        if current is not None:
+            engine.remove_consumer(current.consumer_id)
+            self.counters["layer_switches"] += 1
+        cid = self.ctx.server.next_consumer_id()
+        codec = track.codec.name.lower()
+        engine.add_consumer(
+            ConsumerSpec(
+                consumer_id=cid,
+                src_transport=track.source.transport_id,
+                src_ssrc=ssrc,
+                dst_transport=link.dst_transport,
+                dst_ssrc=link.dst_ssrc,
+                clock_rate=track.codec.clock_rate,
+                cache_size=NACK_CACHE,
+                payload_type_map=link.payload_type_map,
+                keyframe_gate=codec if codec in KEYFRAME_CODECS else "",
+            )
+        )
+        self.consumers[mid] = Consumer(cid, mid, link.feed, link.dst_ssrc, ssrc)
+        if peer.connected:
+            self.app.request_keyframe(self.room, link.feed, ssrc)
+        self.ctx.emit(
+            "app",
+            {
+                "data": {
+                    "room": self.room,
+                    "event": "layer",
+                    "mid": mid,
+                    "layer": rid,
+                    "requested": link.selector.requested,
+                    "reason": reason,
+                }
+            },
+        )
 
     def add_remote_candidate(self, candidate: dict[str, Any] | None) -> None:
         if self.peer is None or self.peer.transport is None:
@@ -177,7 +292,7 @@ class SubscriberSession:
     def _on_connected(self) -> None:
         for consumer in self.consumers.values():
             if consumer.kind == "video":
-                self.app.request_keyframe(self.room, consumer.feed)
+                self.app.request_keyframe(self.room, consumer.feed, consumer.layer_ssrc)
 
     def close(self, reason: str) -> None:
         if self.peer is not None and not self.peer.closed:
@@ -190,6 +305,7 @@ class SubscriberSession:
             return
         self.closed = True
         self.consumers.clear()  # the engine dropped them with the transport
+        self.simulcast.clear()
         self.ctx.emit("hangup", {"reason": reason})
         self.app.subscription_ended(self)
 
@@ -217,7 +333,7 @@ class SubscriberSession:
     def _keyframe(self, consumer: Consumer | None) -> None:
         self.counters["keyframe_requests_in"] += 1
         if consumer is not None and consumer.kind == "video":
-            self.app.request_keyframe(self.room, consumer.feed)
+            self.app.request_keyframe(self.room, consumer.feed, consumer.layer_ssrc)
 
     def _on_remb(self, fci: bytes, by_dst: dict[int, Consumer]) -> None:
         try:
@@ -230,6 +346,17 @@ class SubscriberSession:
         }
         for participant_id, share in remb_shares(bitrate, ssrcs, owners).items():
             self.app.on_estimate(self.room, str(participant_id), self.key, share)
+        # each simulcast section gets its share of the estimate to choose its layer
+        by_mid: dict[Hashable, Hashable] = {
+            ssrc: c.mid for ssrc, c in by_dst.items() if c.mid in self.simulcast
+        }
+        if self.simulcast:
+            covered = {s: owners[s] for s in ssrcs if s in owners}
+            shares = remb_shares(bitrate, list(covered), {s: by_mid.get(s, "") for s in covered})
+            for mid, link in self.simulcast.items():
+                if mid in shares:
+                    link.selector.set_estimate(shares[mid])
+                    self._apply_layer(mid, "bandwidth")
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -242,7 +369,16 @@ class SubscriberSession:
                     "kind": c.kind,
                     "participant": c.feed.participant_id,
                     "dst_ssrc": c.dst_ssrc,
-                    "src_ssrc": c.feed.track.source.ssrc,
+                    "src_ssrc": c.src_ssrc or c.feed.track.source.ssrc,
+                    **(
+                        {
+                            "layer": self.simulcast[c.mid].selector.current,
+                            "requested": self.simulcast[c.mid].selector.requested,
+                            "estimate": self.simulcast[c.mid].selector.estimate,
+                        }
+                        if c.mid in self.simulcast
+                        else {}
+                    ),
                 }
                 for c in self.consumers.values()
             ],

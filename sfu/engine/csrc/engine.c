@@ -834,6 +834,29 @@ int sfu_engine_add_ingest(sfu_engine *e, int64_t transport_id, int socket_id, ui
     return rc;
 }
 
+int sfu_engine_expect_rids(sfu_engine *e, int64_t transport_id, int mid_id, int rid_id,
+                           int rrid_id) {
+    transport *t;
+    int rc = 0;
+    if (mid_id < 0 || mid_id > 255 || rid_id < 0 || rid_id > 255 || rrid_id < 0 ||
+        rrid_id > 255) {
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&e->lock);
+    t = get_transport(e, transport_id, 1);
+    if (t == NULL) {
+        rc = -ENOMEM;
+    } else {
+        t->sdes_ext[0] = mid_id;
+        t->sdes_ext[1] = rid_id;
+        t->sdes_ext[2] = rrid_id;
+        t->expect_rids = mid_id > 0 || rid_id > 0 || rrid_id > 0;
+        t->stream_reports = SFU_ENGINE_STREAM_REPORTS;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return rc;
+}
+
 /* ---- producers and consumers ---- */
 
 int sfu_engine_add_producer(sfu_engine *e, int64_t transport_id, uint32_t ssrc,

@@ -53,6 +53,11 @@ extern "C" {
 #define SFU_CTL_DTLS 2
 #define SFU_CTL_RTCP 3
 #define SFU_CTL_TURN 4
+#define SFU_CTL_STREAM 5 /* a new SSRC announced by its MID/RID header extensions */
+
+/* STREAM reports a transport may make per sfu_engine_expect_rids call (a flood of new SSRCs
+ * cannot fill the control queue). */
+#define SFU_ENGINE_STREAM_REPORTS 32
 
 typedef struct sfu_engine sfu_engine;
 
@@ -164,6 +169,16 @@ int sfu_engine_remove_transport(sfu_engine *e, int64_t transport_id);
  * sfu_engine_remove_transport undoes it. -ENOENT: unknown socket.
  */
 int sfu_engine_add_ingest(sfu_engine *e, int64_t transport_id, int socket_id, uint32_t ssrc);
+/*
+ * Unannounced streams (simulcast with RID, RFC 8852): once called, an unprotected RTP packet
+ * of the transport whose SSRC has no producer and was not reported yet is looked at for the
+ * header extensions with these ids (RFC 8285, one- or two-byte form; 0 = not negotiated).
+ * If it carries a MID, RID or repaired RID, one SFU_CTL_STREAM entry is queued for the SSRC
+ * (data: SSRC (4, network order), then MID, RID and repaired RID each as a length byte and
+ * that many bytes). At most SFU_ENGINE_STREAM_REPORTS per call; calling again re-arms.
+ */
+int sfu_engine_expect_rids(sfu_engine *e, int64_t transport_id, int mid_id, int rid_id,
+                           int rrid_id);
 
 int sfu_engine_add_producer(sfu_engine *e, int64_t transport_id, uint32_t ssrc,
                             uint32_t clock_rate, uint32_t cache_size);

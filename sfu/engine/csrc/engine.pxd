@@ -24,6 +24,8 @@ cdef extern from "engine.h" nogil:
     int SFU_CTL_DTLS
     int SFU_CTL_RTCP
     int SFU_CTL_TURN
+    int SFU_CTL_STREAM
+    int SFU_ENGINE_STREAM_REPORTS
 
     ctypedef struct sfu_engine:
         pass
@@ -117,6 +119,9 @@ cdef extern from "engine.h" nogil:
     )
     int sfu_engine_remove_transport(sfu_engine *e, int64_t transport_id)
     int sfu_engine_add_ingest(sfu_engine *e, int64_t transport_id, int socket_id, uint32_t ssrc)
+    int sfu_engine_expect_rids(
+        sfu_engine *e, int64_t transport_id, int mid_id, int rid_id, int rrid_id
+    )
 
     int sfu_engine_add_producer(
         sfu_engine *e, int64_t transport_id, uint32_t ssrc, uint32_t clock_rate,

@@ -48,6 +48,7 @@ typedef struct istream {
     int64_t transport_id;
     uint32_t ssrc;
     int has_producer;
+    int announced; /* reported as a STREAM control entry */
     int has_stats; /* listed in the transport (inbound statistics) */
     uint32_t clock_rate;
     uint32_t producer_cache;
@@ -106,6 +107,9 @@ typedef struct transport {
     uint32_t ingest_ssrc; /* the SSRC its RTP gets */
     int has_sender;
     uint32_t sender_ssrc; /* the last SSRC its sender used */
+    int sdes_ext[3];      /* MID, RID, repaired RID extension ids (sfu_engine_expect_rids) */
+    int expect_rids;
+    uint32_t stream_reports; /* STREAM reports left */
 } transport;
 
 struct consumer {

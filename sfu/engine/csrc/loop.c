@@ -164,6 +164,30 @@ static void ctl_push(sfu_engine *e, int kind, int socket_id, const sfu_addr *add
 
 /* ---- media ---- */
 
+/* A new SSRC on a transport expecting unannounced streams: report its MID/RID once. */
+static void announce_stream(sfu_engine *e, transport *t, istream *s, const uint8_t *p,
+                            size_t n, int socket_id, const sfu_addr *from) {
+    const uint8_t *val[3];
+    size_t vlen[3], o = 4;
+    uint8_t rec[4 + 3 * (1 + SFU_SDES_MAX)];
+    int k;
+    if (t->stream_reports == 0 || sfu_rtp_sdes_ext(p, n, t->sdes_ext, val, vlen) != 0 ||
+        (vlen[0] == 0 && vlen[1] == 0 && vlen[2] == 0)) {
+        return;
+    }
+    sfu_store32(rec, s->ssrc);
+    for (k = 0; k < 3; k++) {
+        rec[o++] = (uint8_t)vlen[k];
+        if (vlen[k] > 0) {
+            memcpy(rec + o, val[k], vlen[k]);
+            o += vlen[k];
+        }
+    }
+    s->announced = 1;
+    t->stream_reports--;
+    ctl_push(e, SFU_CTL_STREAM, socket_id, from, NULL, t->id, rec, o);
+}
+
 static int64_t ts_delta(uint32_t a, uint32_t b) { return (int64_t)(int32_t)(a - b); }
 
 /* RFC 3550 A.1 (extended highest sequence number), A.8 (interarrival jitter), lost. */
@@ -316,7 +340,8 @@ static void resync(istream *s) {
     }
 }
 
-static void on_rtp(sfu_engine *e, transport *t, uint8_t *buf, size_t n) {
+static void on_rtp(sfu_engine *e, transport *t, uint8_t *buf, size_t n, int socket_id,
+                   const sfu_addr *from) {
     size_t len = n;
     uint32_t i, serial = 0, ts, ssrc;
     uint16_t seq;
@@ -354,6 +379,9 @@ static void on_rtp(sfu_engine *e, transport *t, uint8_t *buf, size_t n) {
         resync(s);
     }
     engine_stream_track(t, s);
+    if (t->expect_rids && from != NULL && !s->has_producer && !s->announced) {
+        announce_stream(e, t, s, buf, len, socket_id, from);
+    }
     now = engine_now();
     inbound_update(s, seq, ts, len, now);
     if (s->ncons == 0) {
@@ -387,7 +415,7 @@ static void handle_ingest(sfu_engine *e, int64_t tid, uint8_t *buf, size_t n) {
     if (t == NULL || (kind != SFU_PKT_RTP && kind != SFU_PKT_RTCP)) {
         e->c.dropped_unknown++;
     } else if (kind == SFU_PKT_RTP) {
-        on_rtp(e, t, buf, n);
+        on_rtp(e, t, buf, n, 0, NULL);
     } else {
         t->c.rtcp_in++;
     }
@@ -451,7 +479,7 @@ static void handle(sfu_engine *e, int socket_id, const struct sockaddr *sa, uint
             return;
         }
         if (kind == SFU_PKT_RTP) {
-            on_rtp(e, t, buf, n);
+            on_rtp(e, t, buf, n, socket_id, &from);
             return;
         }
         len = n;

@@ -211,6 +211,94 @@ static inline int sfu_keyframe_start(int gate, const uint8_t *p, size_t n) {
 }
 
 /*
+ * RFC 8285 header extensions: finds the elements with ids want[0..2] (0 = not wanted) in the
+ * one-byte (0xBEDE) or two-byte (0x100X) form. val[i]/vlen[i] point into the packet (vlen 0:
+ * absent). Returns 0, or -1 when there is no extension block or it is malformed (then nothing
+ * is reported). Values are only accepted when 1..SFU_SDES_MAX bytes of printable ASCII
+ * (0x21..0x7E), as MID and RID tokens are; anything else counts as absent.
+ */
+#define SFU_SDES_MAX 32u
+
+static inline int sfu_sdes_ok(const uint8_t *v, size_t n) {
+    size_t i;
+    if (n == 0 || n > SFU_SDES_MAX) {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        if (v[i] < 0x21 || v[i] > 0x7E) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static inline int sfu_rtp_sdes_ext(const uint8_t *p, size_t n, const int want[3],
+                                   const uint8_t *val[3], size_t vlen[3]) {
+    size_t o, end;
+    uint16_t profile;
+    int two_byte, k;
+    for (k = 0; k < 3; k++) {
+        val[k] = NULL;
+        vlen[k] = 0;
+    }
+    if (n < SFU_RTP_HEADER || (p[0] >> 6) != 2 || !(p[0] & 0x10u)) {
+        return -1;
+    }
+    o = SFU_RTP_HEADER + 4u * (p[0] & 0x0Fu);
+    if (n < o + 4) {
+        return -1;
+    }
+    profile = sfu_load16(p + o);
+    end = o + 4u + 4u * sfu_load16(p + o + 2);
+    if (end > n) {
+        return -1;
+    }
+    if (profile == 0xBEDEu) {
+        two_byte = 0;
+    } else if ((profile & 0xFFF0u) == 0x1000u) {
+        two_byte = 1;
+    } else {
+        return -1;
+    }
+    o += 4;
+    while (o < end) {
+        unsigned id;
+        size_t len;
+        if ((two_byte ? p[o] : p[o] >> 4) == 0) { /* padding (id 0) */
+            o++;
+            continue;
+        }
+        if (two_byte) {
+            if (o + 2 > end) {
+                return -1;
+            }
+            id = p[o];
+            len = p[o + 1];
+            o += 2;
+        } else {
+            id = p[o] >> 4;
+            len = (size_t)(p[o] & 0x0Fu) + 1u;
+            if (id == 15) {
+                break; /* reserved: stop */
+            }
+            o += 1;
+        }
+        if (o + len > end) {
+            return -1;
+        }
+        for (k = 0; k < 3; k++) {
+            if (want[k] > 0 && (unsigned)want[k] == id && vlen[k] == 0 &&
+                sfu_sdes_ok(p + o, len)) {
+                val[k] = p + o;
+                vlen[k] = len;
+            }
+        }
+        o += len;
+    }
+    return 0;
+}
+
+/*
  * ChannelData: channel (2) | length (2) | data (length) [| padding]. Returns the data length, or
  * -1 when the datagram is shorter than the header plus the claimed length (RFC 8656 12.5: drop).
  */
