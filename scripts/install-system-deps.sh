@@ -2,7 +2,7 @@
 # System packages sfu needs to build (libssl-dev for the engine's SRTP) and to run its whole test
 # suite (Chromium, coturn, ffmpeg, iptables, conntrack, iproute2). Idempotent; needs root.
 set -euo pipefail
-packages=(build-essential libssl-dev iproute2 iptables conntrack coturn ffmpeg chromium gnutls-bin openssl)
+packages=(build-essential libssl-dev iproute2 iptables conntrack coturn ffmpeg chromium gnutls-bin openssl janus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -28,8 +28,9 @@ per packet out, the highest output rate under 0.1% loss, p50/p99 one-way latency
 rate and memory per subscriber, for the engine and for a minimal C loop (the floor), with
 engine/floor ratios. Then the real `sfu serve`: one mountpoint fed by RTP, N WHEP watchers
 (ICE + DTLS-SRTP), with loss, server CPU, memory per watcher and connect times (--watchers N
-runs only that). Needs root (network namespaces), cc and libssl-dev; takes ~10-15 minutes
-(--quick: under a minute). See docs/benchmarks.md."""
+runs only that; --janus adds Janus from Debian under the same load, as a ratio). Needs root
+(network namespaces), cc and libssl-dev; takes ~10-15 minutes (--quick: under a minute). See
+docs/benchmarks.md."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +67,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--watch-seconds", type=float, help="length of the watchers' measurement window"
     )
+    parser.add_argument(
+        "--janus",
+        action="store_true",
+        help="after each watchers run, the same with Janus from Debian (/usr/bin/janus) as the "
+        "server, and the Janus/sfu ratios",
+    )
+    parser.add_argument(
+        "--janus-event-loops",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Janus's event_loops setting (default 1: it is pinned to one CPU; 0: Janus's own "
+        "default, one thread per watcher)",
+    )
     parser.add_argument("--trial-seconds", type=float, help="length of a search trial")
     parser.add_argument("--no-floor", action="store_true", help="skip the C floor (no ratios)")
     parser.add_argument(
@@ -95,6 +110,9 @@ def _options(args: argparse.Namespace) -> BenchOptions:
             opts.scenarios = ()
     if args.watch_seconds:
         opts.watch_window_s = args.watch_seconds
+    if args.janus:
+        opts.janus = True
+        opts.janus_event_loops = max(0, args.janus_event_loops)
     if args.profile:
         opts.profiles = tuple(SrtpProfile[p] for p in dict.fromkeys(args.profile))
     if args.trial_seconds:

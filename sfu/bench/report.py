@@ -255,16 +255,19 @@ def percentile(values: list[float], q: float) -> float | None:
 
 @dataclass(slots=True)
 class WatchersResult:
-    """One mountpoint fed by RTP, N WHEP watchers through the real ``sfu serve``: what the
-    watchers received in a measurement window, what the server spent, how they connected."""
+    """One mountpoint fed by RTP, N watchers through the real ``sfu serve`` (WHEP) or Janus:
+    what the watchers received in a measurement window, what the server spent, how they
+    connected."""
 
     watchers: int  # asked for
+    target: str = "sfu"  # "sfu" | "janus"
     connected: int = 0
     failed: int = 0
     connect_errors: list[str] = field(default_factory=list)
     connect_wall_s: float = 0.0  # all of them, at ``concurrency`` at a time
     concurrency: int = 0
-    connect_ms: list[float] = field(default_factory=list)  # WHEP POST to DTLS done
+    connect_ms: list[float] = field(default_factory=list)  # first request (WHEP POST, Janus
+    # attach) to DTLS done
     first_media_ms: list[float] = field(default_factory=list)  # WHEP POST to first RTP
     profiles: dict[str, int] = field(default_factory=dict)
     viewers: int = 0  # as the mountpoint counts them at the end of the window
@@ -282,8 +285,13 @@ class WatchersResult:
     p50_us: float = 0.0  # one-way delay publisher -> watcher of the decrypted samples
     p99_us: float = 0.0
     server_cpu_s: float = 0.0
-    server_out: int = 0  # datagrams the server sent in the window (engine counter)
+    server_out: int = 0  # datagrams the server sent in the window (sfu: engine counter)
     server_in: int = 0
+    udp_out: int = 0  # UDP datagrams the server namespace sent in the window (both targets)
+    hangups: int = 0  # Janus: PeerConnections it announced as hung up
+    server_info: dict[str, Any] = field(default_factory=dict)  # Janus: its /info settings
+    server_rcvbuf_errors: int = 0  # UDP receive-buffer drops in the server namespace (ingest)
+    server_sndbuf_errors: int = 0
     load_cpu_s: float = 0.0  # client, receiver and publisher
     machine_busy_s: float = 0.0
     rss_before: int = 0  # server RSS with the mountpoint fed, before any watcher
@@ -313,6 +321,11 @@ class WatchersResult:
         return self.server_cpu_s / self.server_out * 1e6 if self.server_out > 0 else 0.0
 
     @property
+    def cpu_us_per_udp_out(self) -> float:
+        """Server CPU per UDP datagram its namespace sent: the same counter for both targets."""
+        return self.server_cpu_s / self.udp_out * 1e6 if self.udp_out > 0 else 0.0
+
+    @property
     def rss_per_watcher(self) -> float:
         if self.connected <= 0 or self.rss_after <= 0:
             return 0.0
@@ -334,6 +347,7 @@ class WatchersResult:
             server_cores=self.server_cores,
             server_cpu_percent=100 * self.server_cores,
             cpu_us_per_pkt=self.cpu_us_per_pkt,
+            cpu_us_per_udp_out=self.cpu_us_per_udp_out,
             rss_per_watcher_bytes=self.rss_per_watcher,
             load_cores=self.load_cpu_s / self.window_s if self.window_s > 0 else 0.0,
             other_cores=self.other_cores,
@@ -343,6 +357,37 @@ class WatchersResult:
             first_media_ms_p95=percentile(self.first_media_ms, 0.95),
         )
         return out
+
+
+@dataclass(slots=True)
+class WatchersRatio:
+    """Janus / sfu for one watcher count, both measured in the same bench run."""
+
+    watchers: int
+    cpu_us_per_pkt: float  # server CPU per UDP datagram out (namespace counter for both)
+    server_cores: float  # CPU share over the window
+    rss_per_watcher: float
+    connect_ms_p50: float
+
+
+def watchers_ratios(results: list[WatchersResult]) -> list[WatchersRatio]:
+    """Janus / sfu for every watcher count both targets ran for without an error."""
+    ok = {(w.target, w.watchers): w for w in results if not w.error and w.connected}
+    out: list[WatchersRatio] = []
+    for (target, n), j in ok.items():
+        s = ok.get(("sfu", n))
+        if target != "janus" or s is None:
+            continue
+        out.append(
+            WatchersRatio(
+                n,
+                _div(j.cpu_us_per_udp_out, s.cpu_us_per_udp_out),
+                _div(j.server_cores, s.server_cores),
+                _div(j.rss_per_watcher, s.rss_per_watcher),
+                _div(percentile(j.connect_ms, 0.5) or 0.0, percentile(s.connect_ms, 0.5) or 0.0),
+            )
+        )
+    return out
 
 
 @dataclass(slots=True)
@@ -424,6 +469,7 @@ class BenchReport:
             "ratios": [asdict(r) for r in self.ratios()],
             "memory": [m.to_json() for m in self.memory],
             "watchers": [w.to_json() for w in self.watchers],
+            "watchers_ratios": [asdict(r) for r in watchers_ratios(self.watchers)],
             "targets": self.targets(),
             "notes": self.notes,
         }
@@ -444,16 +490,16 @@ PROFILE_SHORT = {"AES_CM_128_HMAC_SHA1_80": "AES-CM", "AEAD_AES_128_GCM": "GCM",
 
 
 def format_watchers(results: list[WatchersResult]) -> str:
-    """The mountpoint-to-watchers table (markdown)."""
+    """The mountpoint-to-watchers table (markdown), and Janus / sfu ratios when both ran."""
     lines = [
-        "| watchers | connected | connect ms p50 / p95 | first media ms p50 / p95 "
+        "| server | watchers | connected | connect ms p50 / p95 | first media ms p50 / p95 "
         "| packets out/s | server CPU % of a core | us CPU/pkt out | loss % | delivered % "
         "| delay us p50 / p99 | server RSS KiB/watcher | other cores |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for w in results:
         if w.error and not w.connected:
-            lines.append(f"| {w.watchers} | 0 | {w.error} |" + " |" * 9)
+            lines.append(f"| {w.target} | {w.watchers} | 0 | {w.error} |" + " |" * 9)
             continue
 
         def pair(values: list[float], fmt: str) -> str:
@@ -461,13 +507,26 @@ def format_watchers(results: list[WatchersResult]) -> str:
             return "-" if a is None or b is None else f"{a:{fmt}} / {b:{fmt}}"
 
         lines.append(
-            f"| {w.watchers} | {w.connected} | {pair(w.connect_ms, '.0f')} "
+            f"| {w.target} | {w.watchers} | {w.connected} | {pair(w.connect_ms, '.0f')} "
             f"| {pair(w.first_media_ms, '.0f')} | {w.out_pps:,.0f} "
             f"| {100 * w.server_cores:.1f} | {_f(w.cpu_us_per_pkt, '.2f')} "
             f"| {100 * w.loss:.3f} | {100 * w.delivered:.2f} "
             f"| {w.p50_us:.0f} / {w.p99_us:.0f} | {w.rss_per_watcher / 1024:.1f} "
             f"| {w.other_cores:.2f} |"
         )
+    ratios = watchers_ratios(results)
+    if ratios:
+        lines += [
+            "",
+            "| watchers | Janus/sfu us CPU per UDP datagram out | CPU share | RSS per watcher "
+            "| connect p50 |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for r in ratios:
+            lines.append(
+                f"| {r.watchers} | {_f(r.cpu_us_per_pkt, '.2f')} | {_f(r.server_cores, '.2f')} "
+                f"| {_f(r.rss_per_watcher, '.2f')} | {_f(r.connect_ms_p50, '.2f')} |"
+            )
     return "\n".join(lines)
 
 

@@ -15,7 +15,8 @@ Then the memory probe (the largest fan-out): a fresh engine with publishers only
 filled), then with every subscriber, RSS after each step.
 
 Last, the mountpoint scenario (:mod:`sfu.bench.watchers`): the real ``sfu serve``, one RTP-fed
-mountpoint and N WHEP watchers, for each count in ``watchers``.
+mountpoint and N WHEP watchers, for each count in ``watchers``; with ``janus``, Janus from
+Debian right after each, under the same load (Janus/sfu ratios in the report).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sfu
-from sfu.bench import procfs, watchers
+from sfu.bench import janus, procfs, watchers
 from sfu.bench.build import CFLAGS, Tools, build_tools
 from sfu.bench.plan import NACK_CACHE, PLAIN, SCENARIOS, Plan, Scenario, build_plan
 from sfu.bench.report import BenchReport, MemoryResult, TargetResult, Trial, WatchersResult
@@ -75,6 +76,8 @@ class BenchOptions:
     watch_window_s: float = 10.0
     watch_settle_s: float = 2.0
     watch_concurrency: int = 10
+    janus: bool = False  # also run the mountpoint scenario against Janus, right after sfu
+    janus_event_loops: int = 1  # Janus's event_loops (0: its default, a thread per handle)
     notes: list[str] = field(default_factory=list)
 
     @classmethod
@@ -242,6 +245,10 @@ class Runner:
     def run(self) -> BenchReport:
         opts = self.opts
         require_bench()
+        if opts.janus and opts.watchers:
+            why = janus.janus_available()
+            if why is not None:
+                raise BenchUnavailable(f"--janus: {why}")
         engine = resolve_engine(opts.engine)
         scenarios = [SCENARIOS[name] for name in opts.scenarios]
         report = BenchReport(
@@ -276,7 +283,9 @@ class Runner:
                     result.ref_trials = [result.half] if result.half else []
                     report.results.append(result)
             for n in opts.watchers:
-                report.watchers.append(self._watchers(env, n))
+                report.watchers.append(self._watchers(env, n, "sfu"))
+                if opts.janus:
+                    report.watchers.append(self._watchers(env, n, "janus"))
         report.seconds = time.monotonic() - self._t0
         return report
 
@@ -313,10 +322,21 @@ class Runner:
                 "audio_bytes": 172,
                 "fps": watchers.FPS,
                 "keyframe_every_frames": watchers.KEY_EVERY,
+                "janus": self._janus_settings() if opts.janus else None,
             },
         }
 
-    def _watchers(self, env: _Env, n: int) -> WatchersResult:
+    def _janus_settings(self) -> dict[str, object]:
+        return {
+            "version": janus.janus_version(),
+            "event_loops": self.opts.janus_event_loops or "default (one thread per handle)",
+            "min_nack_queue_ms": "default",
+            "ice": "full ICE (libnice), host candidate on the server veth only, no STUN/TURN",
+            "transport": "HTTP long poll, one session, one handle per watcher",
+            "answer": "VP8 + Opus recvonly, no RTX, no header extensions",
+        }
+
+    def _watchers(self, env: _Env, n: int, target: str) -> WatchersResult:
         server_cpu, load_cpu = _cpus(self.opts.pin)
         wopts = WatchersOptions(
             window_s=self.opts.watch_window_s,
@@ -326,9 +346,11 @@ class Runner:
             load_cpu=load_cpu,
             nice=self.opts.nice,
             engine=env.engine,
+            janus_event_loops=self.opts.janus_event_loops,
         )
-        self.say(f"watchers {n}: sfu serve, one mountpoint, {n} WHEP watchers")
-        return run_watchers(env.net, env.work, env.tools, n, wopts, _pythonpath(), self.say)
+        what = "sfu serve, WHEP" if target == "sfu" else f"Janus {janus.janus_version()}, HTTP API"
+        self.say(f"watchers {target} {n}: {what}, one mountpoint, {n} watchers")
+        return run_watchers(env.net, env.work, env.tools, n, wopts, _pythonpath(), self.say, target)
 
     def _plan(self, env: _Env, scenario: Scenario, profile: int, shift: int) -> tuple[Plan, Path]:
         """A fresh plan; ``shift`` moves its ports so two servers and generators can coexist."""

@@ -161,6 +161,8 @@ class BenchNet:
         self.load_ns = f"{self.prefix}load"
         self.server_ip = SERVER_IP
         self.load_ip = LOAD_IP
+        self.server_dev = f"{self.prefix}a"  # the veth end in the server namespace
+        self.load_dev = f"{self.prefix}b"
         self._procs: list[LineProcess] = []
 
     def __enter__(self) -> BenchNet:
@@ -181,7 +183,7 @@ class BenchNet:
         for ns in (self.server_ns, self.load_ns):
             netns.ip(None, "netns", "add", ns)
             netns.ip(ns, "link", "set", "lo", "up")
-        a, b = f"{self.prefix}a", f"{self.prefix}b"
+        a, b = self.server_dev, self.load_dev
         netns.ip(
             None,
             "link",

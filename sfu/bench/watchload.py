@@ -1,7 +1,10 @@
-"""The watchers bench's load client: many WHEP watchers of one mountpoint, in one process.
+"""The watchers bench's load client: many watchers of one mountpoint, in one process.
 
 ``python -m sfu.bench.watchload --url URL --key KEY --bind IP --rx WATCHRX`` runs in the load
-namespace. Each watcher has its own UDP socket and a :class:`~sfu.bench.watcher.WatcherCore`
+namespace against ``sfu serve`` (WHEP: each watcher offers); with ``--janus ID`` instead, the URL
+is a Janus API root and the watchers watch Janus's streaming mountpoint ID (one Janus session,
+one handle per watcher, Janus offers: :mod:`sfu.bench.janusapi`).
+Each watcher has its own UDP socket and a :class:`~sfu.bench.watcher.WatcherCore`
 (ICE + DTLS on the project's sans-IO cores); once DTLS is done its socket and SRTP keys go to
 the C receiver (``csrc/watchrx.c``, started here, spoken to over a SOCK_SEQPACKET pair), so
 Python never touches the media. STUN that reaches the receiver comes back here and goes through
@@ -10,11 +13,13 @@ the watcher's ICE agent: consent freshness keeps working both ways.
 Commands on stdin, one JSON line answered for each on stdout:
 
 * ``create`` -- wait for the server, create an ``rtp`` mountpoint (VP8 + Opus) with the admin
-  key: ``{"mountpoint": id, "ports": [video, audio]}``;
+  key: ``{"mountpoint": id, "ports": [video, audio]}`` (Janus: open the session and check that
+  the configured mountpoint is listed; ``ports`` is empty, the runner wrote them);
 * ``connect N`` -- connect N watchers (``--concurrency`` at a time), with
   ``{"event": "progress", ...}`` lines on the way and ``{"event": "connected", ...}`` at the end;
 * ``reset`` -- start a measurement window in the receiver; ``report`` -- the receiver's figures
-  for the window, with the server's ``/api/stats`` and the mountpoint's ingest counters;
+  for the window, with the server's ``/api/stats`` and the mountpoint's ingest counters (for
+  sfu; for Janus the hangups it announced);
 * ``quit``.
 """
 
@@ -33,7 +38,8 @@ from typing import Any
 
 import aiohttp
 
-from sfu.bench.watcher import WatcherConnected, WatcherCore, WatcherFailed
+from sfu.bench.janusapi import JanusError, JanusSession
+from sfu.bench.watcher import WatcherConnected, WatcherCore, WatcherFailed, WatcherMode
 from sfu.dtls.certificate import Certificate
 from sfu.rtp.srtp import SrtpProfile
 
@@ -47,6 +53,7 @@ MOUNTPOINT_BODY: dict[str, Any] = {
     ],
 }
 CONNECT_TIMEOUT = 20.0
+_INFO_SKIP = ("plugins", "transports", "events", "loggers", "transaction", "janus", "log-path")
 RCVBUF = 1 << 20
 
 
@@ -90,6 +97,8 @@ class LoadClient:
         self.watchers: list[_Watcher] = []
         self.handed: list[_Watcher] = []  # by receiver index
         self.mountpoint: int | None = None
+        self.janus_id: int | None = args.janus
+        self.janus: JanusSession | None = None
         self.profiles = tuple(SrtpProfile[p] for p in args.profile) if args.profile else None
         self._pending_rx: asyncio.Future[str] | None = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -101,7 +110,7 @@ class LoadClient:
         self.ctl.setblocking(False)
         self.loop.add_reader(self.ctl.fileno(), self._on_rx_message)
         self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(4, args.concurrency)),
+            connector=aiohttp.TCPConnector(limit=max(4, args.concurrency) + 2),
             timeout=aiohttp.ClientTimeout(total=30),
         )
 
@@ -111,6 +120,8 @@ class LoadClient:
                 w.timer.cancel()
             w.core.close()
             w.sock.close()
+        if self.janus is not None:
+            await self.janus.close()
         self.loop.remove_reader(self.ctl.fileno())
         try:
             self.ctl.send(b"quit")
@@ -143,9 +154,10 @@ class LoadClient:
 
     async def create(self) -> dict[str, Any]:
         deadline = time.monotonic() + 60
+        health = f"{self.url}/info" if self.janus_id is not None else f"{self.url}/healthz"
         while True:
             try:
-                async with self.http.get(f"{self.url}/healthz") as r:
+                async with self.http.get(health) as r:
                     if r.status == 200:
                         break
             except (aiohttp.ClientError, OSError):
@@ -153,6 +165,8 @@ class LoadClient:
             if time.monotonic() > deadline:
                 return {"error": f"the server at {self.url} did not come up in 60 s"}
             await asyncio.sleep(0.2)
+        if self.janus_id is not None:
+            return await self._janus_open(self.janus_id)
         async with self.http.post(
             f"{self.url}/api/mountpoints", json=MOUNTPOINT_BODY, headers=self.headers
         ) as r:
@@ -162,6 +176,18 @@ class LoadClient:
         self.mountpoint = int(body["id"])
         ports = [int(m["source"]["port"]) for m in body["media"]]
         return {"mountpoint": self.mountpoint, "ports": ports, "state": body.get("state")}
+
+    async def _janus_open(self, mountpoint: int) -> dict[str, Any]:
+        self.janus = await JanusSession.create(self.http, self.url)
+        handle = await self.janus.attach()
+        listed = await self.janus.request(handle, {"request": "list"})
+        ids = [int(m["id"]) for m in listed.get("list", [])]
+        if mountpoint not in ids:
+            return {"error": f"Janus has no mountpoint {mountpoint} (it lists {ids})"}
+        async with self.http.get(f"{self.url}/info") as r:
+            info = await r.json(content_type=None)
+        keep = {k: v for k, v in info.items() if k not in _INFO_SKIP}
+        return {"mountpoint": mountpoint, "ports": [], "info": keep}
 
     async def connect(self, n: int) -> dict[str, Any]:
         counts = _Counts()
@@ -216,7 +242,11 @@ class LoadClient:
         ]
         rx["consent_alive"] = sum(1 for w in self.handed if w.core.state.value == "connected")
         out: dict[str, Any] = {"rx": rx, "server": await self._server_stats()}
-        if self.mountpoint is not None:
+        if self.janus is not None:
+            notices = [e for events in self.janus.notices.values() for e in events]
+            out["hangups"] = sum(1 for e in notices if e.get("janus") == "hangup")
+            out["poll_errors"] = self.janus.poll_errors
+        elif self.mountpoint is not None:
             async with self.http.get(
                 f"{self.url}/api/mountpoints/{self.mountpoint}", headers=self.headers
             ) as r:
@@ -233,25 +263,27 @@ class LoadClient:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         sock.bind((self.args.bind, 0))
         sock.setblocking(False)
-        kwargs = {"profiles": self.profiles} if self.profiles else {}
+        kwargs: dict[str, Any] = {"profiles": self.profiles} if self.profiles else {}
+        if self.janus is not None:
+            kwargs["mode"] = WatcherMode.ANSWER
         core = WatcherCore(self.certificate, sock.getsockname(), **kwargs)
         w = _Watcher(core, sock, time.monotonic_ns(), self.loop.create_future())
         self.watchers.append(w)
         self.loop.add_reader(sock.fileno(), self._on_datagram, w)
         try:
-            async with self.http.post(
-                f"{self.url}/whep/{self.mountpoint}",
-                data=core.offer(),
-                headers={"Content-Type": "application/sdp"},
-            ) as r:
-                answer = await r.text()
-                if r.status != 201:
-                    raise RuntimeError(f"WHEP: HTTP {r.status}: {answer[:200]}")
-                w.resource = r.headers.get("Location")
-            core.accept_answer(answer, time.monotonic())
-            self._service(w)
+            if self.janus is not None:
+                await self._signal_janus(self.janus, w)
+            else:
+                await self._signal_whep(w)
             outcome = await asyncio.wait_for(asyncio.shield(w.done), CONNECT_TIMEOUT)
-        except (aiohttp.ClientError, OSError, RuntimeError, TimeoutError) as exc:
+        except (
+            aiohttp.ClientError,
+            OSError,
+            RuntimeError,
+            TimeoutError,
+            KeyError,
+            ValueError,
+        ) as exc:
             self.loop.remove_reader(sock.fileno())
             core.close()
             return f"{type(exc).__name__}: {exc}"
@@ -260,6 +292,37 @@ class LoadClient:
             return outcome.reason
         self._hand_off(w, outcome)
         return (w.connected_ns - w.started_ns) / 1e6, outcome.keys.profile.name
+
+    async def _signal_whep(self, w: _Watcher) -> None:
+        """POST the watcher's offer to /whep/{id}, apply the answer."""
+        async with self.http.post(
+            f"{self.url}/whep/{self.mountpoint}",
+            data=w.core.offer(),
+            headers={"Content-Type": "application/sdp"},
+        ) as r:
+            answer = await r.text()
+            if r.status != 201:
+                raise RuntimeError(f"WHEP: HTTP {r.status}: {answer[:200]}")
+            w.resource = r.headers.get("Location")
+        w.core.accept_answer(answer, time.monotonic())
+        self._service(w)
+
+    async def _signal_janus(self, janus: JanusSession, w: _Watcher) -> None:
+        """Attach a handle, ``watch`` (Janus offers), answer with ``start``, end trickling.
+        JanusError is a RuntimeError: the caller counts it as a failed watcher."""
+        assert self.janus_id is not None
+        handle = await janus.attach()
+        w.resource = str(handle)
+        event = await janus.message(handle, {"request": "watch", "id": self.janus_id})
+        offer = event.get("jsep", {})
+        if offer.get("type") != "offer":
+            raise JanusError(f"watch: no offer in {event}")
+        answer = w.core.accept_offer(str(offer["sdp"]), time.monotonic())
+        self._service(w)
+        if answer is None:
+            return  # the core failed: w.done carries why
+        await janus.message(handle, {"request": "start"}, {"type": "answer", "sdp": answer})
+        await janus.trickle_completed(handle)
 
     def _hand_off(self, w: _Watcher, connected: WatcherConnected) -> None:
         """The socket and the keys that decrypt the server's packets go to the receiver."""
@@ -334,6 +397,8 @@ class LoadClient:
         return await asyncio.wait_for(self._pending_rx, 10)
 
     async def _server_stats(self) -> dict[str, Any]:
+        if self.janus_id is not None:
+            return {}
         async with self.http.get(f"{self.url}/api/stats") as r:
             stats: dict[str, Any] = await r.json()
         return stats
@@ -361,7 +426,10 @@ async def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sfu.bench.watchload")
     parser.add_argument("--url", required=True, help="the server, http://HOST:PORT")
-    parser.add_argument("--key", required=True, help="the streaming admin key")
+    parser.add_argument("--key", default="", help="the streaming admin key (sfu)")
+    parser.add_argument(
+        "--janus", type=int, metavar="ID", help="watch Janus's streaming mountpoint ID at --url"
+    )
     parser.add_argument("--bind", required=True, help="local address of the watchers' sockets")
     parser.add_argument("--rx", required=True, help="the watchrx binary")
     parser.add_argument("--concurrency", type=int, default=10)

@@ -289,7 +289,7 @@ def test_bench_quick(tmp_path: Path) -> None:
         "bytes_per_subscriber_excl_cache",
     }
     # the mountpoint scenario: the real sfu serve, RTP in, WHEP watchers out
-    assert "| watchers | connected |" in stdout and "watchers 5:" in stderr
+    assert "| watchers | connected |" in stdout and "watchers sfu 5:" in stderr
     (w,) = data["watchers"]
     assert w["error"] == "", w["error"]
     assert w["watchers"] == w["connected"] == w["viewers"] == 5 and w["failed"] == 0

@@ -1,7 +1,10 @@
 """The watchers bench's sans-IO client (sfu.bench.watcher) against the project's own server-side
-cores (a controlled IceAgent and a DTLS server), on a fake clock: offer, answer, ICE, DTLS, keys."""
+cores on a fake clock: offer, answer, ICE, DTLS, keys; both as a WHEP watcher (it offers) and in
+answer mode (the server offers, as Janus does)."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import pytest
 
@@ -10,7 +13,9 @@ from sfu.bench.watcher import (
     VIDEO_PT,
     WatcherConnected,
     WatcherCore,
+    WatcherEvent,
     WatcherFailed,
+    WatcherMode,
     WatcherState,
     build_offer,
 )
@@ -72,9 +77,17 @@ class FakeServer:
         return out
 
 
-def _run(client: WatcherCore, server: FakeServer, until: float = 5.0) -> list[object]:
+class Peer(Protocol):
+    ice: IceAgent
+
+    def receive(self, data: bytes, now: float) -> list[bytes]: ...
+
+    def output(self, now: float) -> list[bytes]: ...
+
+
+def _run(client: WatcherCore, server: Peer, until: float = 5.0) -> list[WatcherEvent]:
     """Deliver datagrams both ways and fire timers on a fake clock until the client reports."""
-    now, events = 0.0, []
+    now, events = 0.0, list[WatcherEvent]()
     to_server = [d for _a, d in client.datagrams_to_send(now)]
     to_client = server.output(now)
     while now < until and not events:
@@ -167,3 +180,154 @@ def test_a_bad_answer_or_an_unreachable_server_fails(
         lonely.datagrams_to_send(now)  # lost
     event = lonely.next_event()
     assert isinstance(event, WatcherFailed) and "ICE failed" in event.reason
+
+
+# -- answer mode: the server offers (Janus's streaming plugin) -------------------------------
+
+
+def janus_like_offer(ice: IceAgent, cert: Certificate) -> str:
+    """A sendonly offer shaped like Janus's: mids v/a, RTX, header extensions, SSRCs, trickle."""
+    fp = cert.fingerprint()
+    cand = Candidate("1", 1, "udp", 2015363327, *SERVER, CandidateType.HOST).to_sdp()
+
+    def section(kind: str, mid: str, fmt: str, codec: list[str]) -> list[str]:
+        return [
+            f"m={kind} 9 UDP/TLS/RTP/SAVPF {fmt}",
+            "c=IN IP4 127.0.0.1",
+            "a=sendonly",
+            f"a=mid:{mid}",
+            "a=rtcp-mux",
+            f"a=ice-ufrag:{ice.local_ufrag}",
+            f"a=ice-pwd:{ice.local_pwd}",
+            "a=ice-options:trickle",
+            "a=setup:actpass",
+            *codec,
+            "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+            f"a=candidate:{cand}",
+            "a=end-of-candidates",
+        ]
+
+    video = [
+        "a=rtpmap:100 VP8/90000",
+        "a=rtcp-fb:100 nack",
+        "a=rtpmap:101 rtx/90000",
+        "a=fmtp:101 apt=100",
+        "a=ssrc-group:FID 11 12",
+        "a=ssrc:11 cname:janus",
+        "a=ssrc:12 cname:janus",
+    ]
+    audio = ["a=rtpmap:109 opus/48000/2", "a=ssrc:13 cname:janus"]
+    lines = [
+        "v=0",
+        "o=- 42 1 IN IP4 127.0.0.1",
+        "s=Mountpoint 1",
+        "t=0 0",
+        "a=group:BUNDLE v a",
+        f"a=fingerprint:{fp.algorithm} {fp.value}",
+        *section("video", "v", "100 101", video),
+        *section("audio", "a", "109", audio),
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+class FakeOfferer:
+    """A server that offers first, from the project's cores: controlling ICE, DTLS server."""
+
+    def __init__(self, cert: Certificate) -> None:
+        self.ice = IceAgent(IceRole.CONTROLLING)
+        self.ice.add_local_candidate(
+            Candidate("1", 1, "udp", 2015363327, *SERVER, CandidateType.HOST), "s", 0.0
+        )
+        self.cert = cert
+        self.offer = janus_like_offer(self.ice, cert)
+        self.dtls: DtlsSession | None = None
+        self.keys: HandshakeCompleted | None = None
+
+    def apply_answer(self, sdp: str, now: float = 0.0) -> None:
+        answer = parse_description(sdp, "answer")
+        role = DtlsRole.SERVER if answer.setup == "active" else DtlsRole.CLIENT
+        self.dtls = DtlsSession(self.cert, role, list(answer.fingerprints))
+        self.ice.set_remote_credentials(answer.ice_ufrag, answer.ice_pwd, 0.0)
+        for _mid, line in answer.candidates:
+            self.ice.add_remote_candidate(Candidate.from_sdp(line), 0.0)
+        self.ice.start(0.0)
+        if role is DtlsRole.CLIENT:  # a real server would wait for ICE: this one is early
+            self.dtls.start(now)
+
+    def receive(self, data: bytes, now: float) -> list[bytes]:
+        if data[0] < 4:
+            self.ice.receive(data, "s", CLIENT, now)
+        elif self.dtls is not None:
+            self.dtls.receive(data, now)
+        return self.output(now)
+
+    def output(self, now: float) -> list[bytes]:
+        out = [d for _k, _a, d in self.ice.datagrams_to_send(now)]
+        if self.dtls is not None:
+            out += self.dtls.datagrams_to_send()
+            while (ev := self.dtls.next_event()) is not None:
+                if isinstance(ev, HandshakeCompleted):
+                    self.keys = ev
+        return out
+
+
+def test_answers_a_server_offer_receive_only(certs: tuple[Certificate, Certificate]) -> None:
+    server = FakeOfferer(certs[1])
+    client = WatcherCore(certs[0], CLIENT, mode=WatcherMode.ANSWER)
+    assert client.ice.role is IceRole.CONTROLLED
+    sdp = client.accept_offer(server.offer, 0.0)
+    assert sdp is not None and client.state is WatcherState.CHECKING
+    answer = parse_description(sdp, "answer")
+    assert answer.bundle == ("v", "a") and answer.setup == "passive"  # the default
+    assert [(m.mid, m.direction, [c.payload_type for c in m.codecs]) for m in answer.media] == [
+        ("v", "recvonly", [100]),
+        ("a", "recvonly", [109]),
+    ]
+    assert all(not m.extensions and m.rtcp_mux for m in answer.media)  # no extensions, no RTX
+    assert [Candidate.from_sdp(c).addr for _m, c in answer.candidates] == [CLIENT]
+    assert answer.fingerprints == (certs[0].fingerprint(),)
+    # the offer's two copies of the same candidate are one remote candidate
+    assert [c.addr for c in client.ice.remote_candidates] == [SERVER]
+
+
+@pytest.mark.parametrize("setup", ["passive", "active"])
+def test_answer_mode_connects_with_the_offerers_keys(
+    certs: tuple[Certificate, Certificate], setup: str
+) -> None:
+    server = FakeOfferer(certs[1])
+    client = WatcherCore(
+        certs[0],
+        CLIENT,
+        profiles=(SrtpProfile.AEAD_AES_128_GCM,),
+        mode=WatcherMode.ANSWER,
+        answer_setup=setup,
+    )
+    sdp = client.accept_offer(server.offer, 0.0)
+    assert sdp is not None and f"a=setup:{setup}" in sdp
+    server.apply_answer(sdp)
+    events = _run(client, server)
+    assert len(events) == 1 and isinstance(events[0], WatcherConnected), events
+    assert client.state is WatcherState.CONNECTED and events[0].remote == SERVER
+    assert server.keys is not None and server.ice.selected_pair is not None
+    mine, theirs = events[0].keys, server.keys.keys
+    assert mine.profile is SrtpProfile.AEAD_AES_128_GCM
+    assert (mine.remote_key, mine.remote_salt) == (theirs.local_key, theirs.local_salt)
+
+
+def test_answer_mode_refuses_an_offer_without_our_codecs(
+    certs: tuple[Certificate, Certificate],
+) -> None:
+    server = FakeOfferer(certs[1])
+    client = WatcherCore(certs[0], CLIENT, mode=WatcherMode.ANSWER)
+    offer = server.offer.replace("VP8/90000", "H264/90000").replace("opus/48000", "PCMU/48000")
+    assert client.accept_offer(offer, 0.0) is None
+    event = client.next_event()
+    assert isinstance(event, WatcherFailed) and "neither VP8" in event.reason
+    with pytest.raises(RuntimeError):
+        WatcherCore(certs[0], CLIENT).accept_offer(server.offer, 0.0)
+    with pytest.raises(ValueError):
+        WatcherCore(certs[0], CLIENT, mode=WatcherMode.ANSWER, answer_setup="actpass")
+    # an offer that fixes its own role is followed
+    active = WatcherCore(certs[0], CLIENT, mode=WatcherMode.ANSWER)
+    sdp = active.accept_offer(server.offer.replace("setup:actpass", "setup:passive"), 0.0)
+    assert sdp is not None and "a=setup:active" in sdp
