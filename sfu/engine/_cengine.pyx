@@ -32,6 +32,7 @@ from sfu.engine.csrc.engine cimport (
     sfu_engine_bind,
     sfu_engine_bind_channel,
     sfu_engine_close_socket,
+    sfu_engine_consumer_source,
     sfu_engine_counters,
     sfu_engine_expect_rids,
     sfu_engine_ctl_clear_fd,
@@ -54,6 +55,7 @@ from sfu.engine.csrc.engine cimport (
     sfu_engine_set_destination,
     sfu_engine_set_srtp,
     sfu_engine_shutdown,
+    sfu_engine_switch_consumer,
     sfu_engine_transport_stats,
     sfu_engine_unbind_channel,
     sfu_keyframe_start,
@@ -388,6 +390,29 @@ cdef class Core:
     def pause_consumer(self, int64_t consumer_id, bint paused) -> None:
         with nogil:
             sfu_engine_pause_consumer(self._e, consumer_id, paused)
+
+    def switch_consumer(
+        self, int64_t consumer_id, int64_t src_transport, uint32_t src_ssrc, uint32_t clock_rate
+    ) -> bool:
+        cdef int rc
+        with nogil:
+            rc = sfu_engine_switch_consumer(
+                self._e, consumer_id, src_transport, src_ssrc, clock_rate
+            )
+        if rc == -ENOENT:
+            return False
+        _check(rc)
+        return True
+
+    def consumer_source(self, int64_t consumer_id) -> object:
+        cdef int64_t tid = 0
+        cdef uint32_t ssrc = 0
+        cdef int rc
+        with nogil:
+            rc = sfu_engine_consumer_source(self._e, consumer_id, &tid, &ssrc)
+        if rc != 0:
+            return None
+        return (tid, ssrc)
 
     # -- RTCP, retransmissions ------------------------------------------------------------------
 

@@ -40,6 +40,16 @@ call). The engine hands those entries to the listener given to ``expect_rids`` o
 loop thread, ahead of the rest of their batch, rather than to ``deliver``: the transport's
 owner (the application), not the server's datagram router, needs them.
 :mod:`sfu.engine.rtpext` is the reference of the header-extension parsing.
+
+Seamless source switches (simulcast layers): ``switch_consumer`` gives a consumer a pending
+target source. The consumer keeps forwarding its current source; the first packet of the target
+that starts a keyframe of the consumer's ``keyframe_gate`` codec, and that leaves (the consumer
+is not paused, its destination can send), switches it atomically: that packet is the first one
+forwarded from the target, and the output continues its sequence numbers and timestamps as for
+any change of source. Delta frames of the target before it are not forwarded. A second switch
+before the first completes replaces the target; a switch to the current source cancels; removing
+the target's producer or transport cancels. A consumer without a keyframe codec switches at
+once. The consumer's NACK cache keeps working across the switch (packets from before it too).
 """
 
 from __future__ import annotations
@@ -311,6 +321,17 @@ class Engine(Protocol):
     def remove_consumer(self, consumer_id: int) -> None: ...
 
     def pause_consumer(self, consumer_id: int, paused: bool) -> None: ...
+
+    def switch_consumer(
+        self, consumer_id: int, src_transport: int, src_ssrc: int, clock_rate: int
+    ) -> bool:
+        """Move the consumer to another source at that source's next keyframe (see the module):
+        it keeps forwarding its current source until then. False if there is no such consumer."""
+        ...
+
+    def consumer_source(self, consumer_id: int) -> tuple[int, int] | None:
+        """The (transport, SSRC) the consumer forwards now (None: no such consumer)."""
+        ...
 
     def send_rtcp(self, transport_id: int, packet: bytes) -> None:
         """Protect a compound RTCP packet with the transport's keys and send it to its destination."""

@@ -26,7 +26,12 @@ the rest of the batch.
 
 Continuity. Sequence-number and timestamp continuity is kept per outbound stream (destination
 transport, SSRC), so it holds across a pause and also across a source switch (remove the
-consumer of A, add a consumer of B writing the same SSRC).
+consumer of A, add a consumer of B writing the same SSRC; or ``switch_consumer``).
+
+Source switches. ``switch_consumer`` lists the consumer on its target stream too; the C loop
+looks at the target's packets only for a keyframe start, and at the first one moves the
+consumer over. Its NACK log tags each entry with a source generation, so that what it sent
+from the source before the last switch is still served from that source's ring.
 """
 
 from __future__ import annotations
@@ -240,6 +245,14 @@ class CEngine:
 
     def pause_consumer(self, consumer_id: int, paused: bool) -> None:
         self._core.pause_consumer(consumer_id, paused)
+
+    def switch_consumer(
+        self, consumer_id: int, src_transport: int, src_ssrc: int, clock_rate: int
+    ) -> bool:
+        return self._core.switch_consumer(consumer_id, src_transport, src_ssrc, clock_rate)
+
+    def consumer_source(self, consumer_id: int) -> tuple[int, int] | None:
+        return self._core.consumer_source(consumer_id)
 
     def send_rtcp(self, transport_id: int, packet: bytes) -> None:
         self._core.send_rtcp(transport_id, bytes(packet))

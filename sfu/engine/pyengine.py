@@ -11,6 +11,10 @@ Ingest sockets (:meth:`PyEngine.add_ingest`): every datagram on such a socket be
 transport, whatever its source address; RTP on it is plain or SDES-keyed SRTP and gets the
 transport's fixed SSRC.
 
+Source switches (:meth:`PyEngine.switch_consumer`): a consumer with a pending target is listed
+on both routes; packets of its current source are forwarded as usual, packets of the target are
+only looked at until one starts a keyframe, which moves the consumer over.
+
 Unannounced streams (:meth:`PyEngine.expect_rids`): the first packet of a new SSRC without a
 producer is read for its MID/RID extensions (:mod:`sfu.engine.rtpext`) and reported once as a
 STREAM control packet, which the event loop side hands to the transport's listener.
@@ -91,9 +95,20 @@ class _Consumer:
     seq_offset: int = 0
     ts_offset: int = 0
     synced: bool = False  # offsets computed for the current run of packets
-    cache: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
+    # out seq -> (source generation, protected packet); NACKs are served for the current
+    # source and the one before the last switch (as the C engine's per-producer rings allow)
+    cache: OrderedDict[int, tuple[int, bytes]] = field(default_factory=OrderedDict)
     pt_map: dict[int, int] = field(default_factory=dict)
     waiting: bool = False  # keyframe gate closed: nothing forwarded until a keyframe starts
+    target: tuple[int, int] | None = None  # pending switch: the source taken at its keyframe
+    target_clock: int = 0
+    gen: int = 1  # generation of the current source (1..255, as in C)
+    prev_gen: int = 0  # generation of the source before the last switch (0: none)
+    prev_source: tuple[int, int] = (0, 0)
+
+    @property
+    def source(self) -> tuple[int, int]:
+        return (self.spec.src_transport, self.spec.src_ssrc)
 
 
 @dataclass(frozen=True)
@@ -328,6 +343,11 @@ class PyEngine:
             for cid, c in list(self._consumers.items()):
                 if transport_id in (c.spec.src_transport, c.spec.dst_transport):
                     self._remove_consumer_locked(cid)
+                else:
+                    if c.target is not None and c.target[0] == transport_id:
+                        self._cancel_switch(c)
+                    if c.prev_gen and c.prev_source[0] == transport_id:
+                        c.prev_gen = 0  # what it sent from there is gone with the transport
 
     def add_producer(self, spec: ProducerSpec) -> None:
         with self._lock:
@@ -341,8 +361,10 @@ class PyEngine:
             if t is not None:
                 t.producers.pop(ssrc, None)
             for cid, c in list(self._consumers.items()):
-                if (c.spec.src_transport, c.spec.src_ssrc) == (transport_id, ssrc):
+                if c.source == (transport_id, ssrc):
                     self._remove_consumer_locked(cid)
+                elif c.target == (transport_id, ssrc):
+                    self._cancel_switch(c)
 
     def add_consumer(self, spec: ConsumerSpec) -> None:
         with self._lock:
@@ -366,12 +388,34 @@ class PyEngine:
         c = self._consumers.pop(consumer_id, None)
         if c is None:
             return
-        key = (c.spec.src_transport, c.spec.src_ssrc)
+        self._cancel_switch(c)
+        self._unroute(c, c.source)
+
+    def _unroute(self, c: _Consumer, key: tuple[int, int]) -> None:
         lst = self._routes.get(key, [])
         if c in lst:
             lst.remove(c)
         if not lst:
             self._routes.pop(key, None)
+
+    def _cancel_switch(self, c: _Consumer) -> None:
+        if c.target is not None:
+            self._unroute(c, c.target)
+            c.target = None
+
+    def _complete_switch(self, c: _Consumer) -> None:
+        """Move ``c`` to its target (listed on the target's route already)."""
+        assert c.target is not None
+        self._unroute(c, c.source)
+        c.prev_gen, c.prev_source = c.gen, c.source
+        tid, ssrc = c.target
+        c.spec = replace(c.spec, src_transport=tid, src_ssrc=ssrc, clock_rate=c.target_clock)
+        c.target = None
+        c.synced = False
+        c.waiting = False
+        c.gen = 1 if c.gen == 255 else c.gen + 1
+        if c.gen == 1:
+            c.cache.clear()  # the generations wrapped
 
     def pause_consumer(self, consumer_id: int, paused: bool) -> None:
         with self._lock:
@@ -380,6 +424,31 @@ class PyEngine:
                 c.paused = paused
                 c.synced = False
                 c.waiting = bool(c.spec.keyframe_gate)
+
+    def switch_consumer(
+        self, consumer_id: int, src_transport: int, src_ssrc: int, clock_rate: int
+    ) -> bool:
+        with self._lock:
+            c = self._consumers.get(consumer_id)
+            if c is None:
+                return False
+            key = (src_transport, src_ssrc)
+            if key == c.source:
+                self._cancel_switch(c)
+                return True
+            if key != c.target:
+                self._cancel_switch(c)
+                c.target = key
+                self._routes.setdefault(key, []).append(c)
+            c.target_clock = clock_rate
+            if not c.spec.keyframe_gate:
+                self._complete_switch(c)  # no keyframe rule to wait for
+            return True
+
+    def consumer_source(self, consumer_id: int) -> tuple[int, int] | None:
+        with self._lock:
+            c = self._consumers.get(consumer_id)
+            return None if c is None else c.source
 
     def send_rtcp(self, transport_id: int, packet: bytes) -> None:
         with self._lock:
@@ -405,9 +474,10 @@ class PyEngine:
                 return 0
             out = t.stats.outbound.get(c.spec.dst_ssrc)
             for seq in seqs:
-                data = c.cache.get(seq & 0xFFFF)
-                if data is None:
+                entry = c.cache.get(seq & 0xFFFF)
+                if entry is None or entry[0] not in (c.gen, c.prev_gen):
                     continue
+                data = entry[1]
                 self._send_dest(t.dest, data)
                 found += 1
                 if out is not None:
@@ -612,18 +682,29 @@ class PyEngine:
         if not consumers:
             t.stats.unrouted += 1
             return
-        for c in consumers:
-            if c.paused:
-                continue
-            if c.waiting:
-                # the gate opens on a keyframe that actually leaves (the destination is ready)
-                dst = self._transports.get(c.spec.dst_transport)
-                if dst is None or dst.tx is None or dst.dest is None:
+        key = (t.transport_id, ssrc)
+        for c in consumers:  # a switch edits the old source's list, never this one
+            if c.target == key:
+                # a pending switch: taken at a keyframe of the target that actually leaves
+                if (
+                    c.paused
+                    or not self._can_send(c)
+                    or not starts_keyframe(c.spec.keyframe_gate, plain)
+                ):
                     continue
-                if not starts_keyframe(c.spec.keyframe_gate, plain):
+                self._complete_switch(c)
+            elif c.paused:
+                continue
+            elif c.waiting:
+                # the gate opens on a keyframe that actually leaves (the destination is ready)
+                if not self._can_send(c) or not starts_keyframe(c.spec.keyframe_gate, plain):
                     continue
                 c.waiting = False
             self._forward(c, plain, pt, seq, ts, now)
+
+    def _can_send(self, c: _Consumer) -> bool:
+        dst = self._transports.get(c.spec.dst_transport)
+        return dst is not None and dst.tx is not None and dst.dest is not None
 
     def _announce(self, t: _Transport, ssrc: int, plain: bytes, socket_id: int, addr: Addr) -> None:
         assert t.sdes_ids is not None
@@ -643,8 +724,9 @@ class PyEngine:
         t.stats.inbound[ssrc] = StreamStats(ssrc)
         t.jitter_prev.pop(ssrc, None)
         for c in self._routes.get((t.transport_id, ssrc), []):
-            c.synced = False
-            c.waiting = bool(c.spec.keyframe_gate)
+            if c.source == (t.transport_id, ssrc):  # not a consumer only waiting to switch
+                c.synced = False
+                c.waiting = bool(c.spec.keyframe_gate)
 
     def _update_inbound(
         self, t: _Transport, ssrc: int, seq: int, ts: int, size: int, now: float
@@ -705,7 +787,7 @@ class PyEngine:
         if not self._send_dest(dst.dest, data):
             return
         if c.spec.cache_size:
-            c.cache[out_seq] = data
+            c.cache[out_seq] = (c.gen, data)
             if len(c.cache) > c.spec.cache_size:
                 c.cache.popitem(last=False)
         st.last_seq, st.last_ts, st.last_time = out_seq, out_ts, now

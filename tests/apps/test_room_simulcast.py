@@ -13,10 +13,12 @@ from sfu.apps.room.requests import Configure, parse_request
 from sfu.apps.room.simulcast import (
     AUTO,
     HOLD,
+    SWITCH_PLI_RETRY,
     UP_BACKOFF,
     Layer,
     LayerRates,
     LayerSelector,
+    SwitchRetries,
     choose_layer,
     resolve_request,
 )
@@ -128,6 +130,22 @@ def test_requested_layer_not_learned_yet() -> None:
     assert sel.update({"q": None, "h": None}, now=0.1) == "h"  # better, and below the ceiling
     assert sel.update({"q": None, "h": None, "f": None}, now=0.2) == "f"  # at once
     assert sel.update({"q": None, "h": None}, now=0.3) == "h"  # its layer went away
+
+
+def test_switch_retries() -> None:
+    retries = SwitchRetries(retry=1.0)
+    assert retries.next_deadline() is None and retries.due(5.0) == []
+    retries.start("1", now=10.0)
+    retries.start("2", now=10.5)
+    assert retries.next_deadline() == 11.0
+    assert retries.due(10.9) == []
+    assert retries.due(11.2) == ["1"]  # and re-armed from now
+    assert retries.next_deadline() == 11.5
+    retries.done("2")
+    assert retries.due(11.9) == []
+    assert retries.due(12.2) == ["1"]
+    retries.done("1")
+    assert retries.pending() == [] and retries.next_deadline() is None
 
 
 def test_layer_rates() -> None:
@@ -290,17 +308,50 @@ async def test_simulcast_publish_learn_layers_and_switch(harness: Harness) -> No
     assert [e[0] for e in layer_events(bob_sub)] == ["q", "h", "f"]
     assert {e[1:] for e in layer_events(bob_sub)} == {("auto", "available")}
     dst = session.consumers["1"].dst_ssrc
-    spec = engine._consumers[session.consumers["1"].consumer_id].spec
-    assert (spec.src_ssrc, spec.dst_ssrc, spec.keyframe_gate) == (0xA2, dst, "vp8")
+    cid = session.consumers["1"].consumer_id
+    # the first layer (q) got a consumer gated until its keyframe; h and f are switches of
+    # that same consumer, which keeps forwarding q until a keyframe of the target comes
+    c = engine._consumers[cid]
+    assert (c.spec.src_ssrc, c.spec.dst_ssrc, c.spec.keyframe_gate) == (0xA0, dst, "vp8")
+    assert c.target == (pub_tid, 0xA2)
+    assert session.switches.pending() == ["1"]
+    assert session.stats()["consumers"][1]["forwarding_ssrc"] == 0xA0
+
+    def keyframe_arrives() -> None:
+        """What the engine loop does at the first keyframe of a pending target."""
+        for pending in engine._consumers.values():
+            if pending.target is not None:
+                engine._complete_switch(pending)
+
+    keyframe_arrives()
+    assert engine.consumer_source(cid) == (pub_tid, 0xA2)
 
     # by request: at once, same outbound SSRC, one engine consumer for the section
     reply = await bob_sub.request(request="configure", mid="1", layer=0)
     assert reply == {"result": "ok", "mid": "1", "layer": "q", "current": "q"}
     consumer = session.consumers["1"]
-    assert (consumer.src_ssrc, consumer.dst_ssrc) == (0xA0, dst)
-    assert [c.spec.src_ssrc for c in engine._consumers.values() if c.spec.dst_ssrc == dst] == [0xA0]
+    assert (consumer.consumer_id, consumer.src_ssrc, consumer.dst_ssrc) == (cid, 0xA0, dst)
+    assert [c.spec.src_ssrc for c in engine._consumers.values() if c.spec.dst_ssrc == dst] == [0xA2]
+    assert engine._consumers[cid].target == (pub_tid, 0xA0)  # f flows until q's keyframe
+
+    # the keyframe of q does not come: the PLI is sent again after SWITCH_PLI_RETRY, then
+    # every SWITCH_PLI_RETRY until the switch is done
+    requests = publisher.counters["keyframe_requests"]
+    session.check_switches()
+    assert session.counters["switch_plis"] == 0  # not yet
+    clock[0] += SWITCH_PLI_RETRY
+    session.check_switches()
+    assert session.counters["switch_plis"] == 1
+    assert publisher.counters["keyframe_requests"] == requests + 1
+    keyframe_arrives()
+    clock[0] += SWITCH_PLI_RETRY
+    session.check_switches()
+    assert session.counters["switch_plis"] == 1 and session.switches.pending() == []
+    assert engine.consumer_source(cid) == (pub_tid, 0xA0)
+
     await bob_sub.request(request="configure", mid="1", layer="auto")
     assert session.consumers["1"].src_ssrc == 0xA2
+    keyframe_arrives()
 
     # by bandwidth: bob's REMB over his video SSRC, with measured layer bitrates
     for ssrc, rate in ((0xA0, 150_000), (0xA1, 500_000), (0xA2, 1_500_000)):
@@ -315,11 +366,13 @@ async def test_simulcast_publish_learn_layers_and_switch(harness: Harness) -> No
     clock[0] += HOLD
     remb(600_000)
     assert session.consumers["1"].src_ssrc == 0xA1
+    keyframe_arrives()
     assert layer_events(bob_sub)[-1] == ("h", "auto", "bandwidth")
     assert publisher.estimates.value(clock[0]) == 600_000  # simulcast: the largest estimate
     clock[0] += HOLD * UP_BACKOFF
     remb(5_000_000)
     assert session.consumers["1"].src_ssrc == 0xA2
+    keyframe_arrives()
     stats = session.stats()["consumers"]
     assert [(c["mid"], c.get("layer")) for c in stats] == [("0", None), ("1", "f")]
     assert publisher.stats()["simulcast"]["1"]["h"] == {"ssrc": 0xA1, "bitrate": 500_000}
@@ -328,3 +381,15 @@ async def test_simulcast_publish_learn_layers_and_switch(harness: Harness) -> No
     announce(0xC2, "f")
     assert session.consumers["1"].src_ssrc == 0xC2
     assert layer_events(bob_sub)[-1] == ("f", "auto", "restarted")
+    # (its engine consumer went with the old producer: a new one, gated)
+    assert session.consumers["1"].consumer_id != cid
+    cid = session.consumers["1"].consumer_id
+    assert engine.consumer_source(cid) == (pub_tid, 0xC2)
+
+    # a layer restarts while a switch to it waits: the switch follows it to the new SSRC
+    await bob_sub.request(request="configure", mid="1", layer="h")
+    assert engine._consumers[cid].target == (pub_tid, 0xA1)
+    announce(0xD1, "h")
+    assert engine._consumers[cid].target == (pub_tid, 0xD1)
+    assert session.consumers["1"].consumer_id == cid  # still forwarding f meanwhile
+    assert engine.consumer_source(cid) == (pub_tid, 0xC2)

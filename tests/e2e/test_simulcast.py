@@ -1,10 +1,16 @@
 """Simulcast end to end: a Chromium publisher sends three rid layers (q, h, f of a 1280x720
 fake camera) and a Chromium subscriber switches between them with ``configure`` requests,
-on the same receiving track, without a new PeerConnection (docs/rooms.md, "Simulcast")."""
+on the same receiving track, without a new PeerConnection (docs/rooms.md, "Simulcast").
+
+The switches are seamless: the server keeps forwarding the old layer until a keyframe of the new
+one starts, so the subscriber's decoder never stops. A sampler in bob's page reads
+``framesDecoded`` every 100 ms during each switch and the test asserts it never stood still
+for more than half a second."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -42,8 +48,36 @@ async def video(page: Page) -> dict[str, Any]:
     return {"mid": mid, "offers": stats["offers"], **entry}
 
 
+# sampling of bob's decoder in the page: [time (ms), framesDecoded, frameWidth] every 100 ms
+START_SAMPLING = """(mid) => {
+    window.__samples = [];
+    window.__sampler = setInterval(async () => {
+        const v = (await window.sfuDemo.stats()).video[mid];
+        window.__samples.push([performance.now(), v ? v.framesDecoded : 0, v ? v.frameWidth : 0]);
+    }, 100);
+}"""
+STOP_SAMPLING = "() => { clearInterval(window.__sampler); return window.__samples; }"
+MAX_STALL = 0.5  # seconds without a newly decoded frame that count as a freeze
+
+
+def longest_stall(samples: list[list[float]]) -> float:
+    """The longest time (s) between two samples where framesDecoded went up (or from the first
+    sample to the first increase, or from the last increase to the last sample)."""
+    assert len(samples) >= 10, samples
+    last_change = samples[0][0]
+    longest = 0.0
+    for prev, cur in itertools.pairwise(samples):
+        if cur[1] > prev[1]:
+            longest = max(longest, (cur[0] - last_change) / 1000)
+            last_change = cur[0]
+    return max(longest, (samples[-1][0] - last_change) / 1000)
+
+
 async def switch_to(page: Page, mid: str, layer: str, width: int, before: dict[str, Any]) -> None:
-    """Ask for ``layer``, then wait for frames of ``width`` decoded on the same track."""
+    """Ask for ``layer``, then wait for frames of ``width`` decoded on the same track; the
+    decoder must not stall meanwhile."""
+    await page.evaluate(START_SAMPLING, mid)
+    await asyncio.sleep(0.3)  # a few samples of the old layer first
     reply = await page.evaluate(f"window.sfuDemo.configure({mid!r}, {layer!r})")
     assert reply["layer"] == layer, reply
     await wait_for(
@@ -56,6 +90,11 @@ async def switch_to(page: Page, mid: str, layer: str, width: int, before: dict[s
     )
     start = await video(page)
     await asyncio.sleep(1.0)
+    samples = await page.evaluate(STOP_SAMPLING)
+    stall = longest_stall(samples)
+    widths = [int(s[2]) for s in samples]
+    assert stall <= MAX_STALL, f"the picture froze for {stall:.2f} s: {samples}"
+    assert widths[-1] == width and widths[0] != width, widths  # one switch, sampled through
     after = await video(page)
     assert after["frameWidth"] == width, after
     assert after["framesDecoded"] > start["framesDecoded"] + 5, (start, after)  # still decoding

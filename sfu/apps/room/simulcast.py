@@ -5,7 +5,8 @@ A simulcast track has layers named by RID, listed from the lowest to the highest
 the publisher's ``sendEncodings``, as browsers send them). :class:`LayerRates` turns byte
 counters sampled from the engine into bitrates; :class:`LayerSelector` picks the layer of one
 consumer from what the subscriber asked for (a ceiling, or "auto") and its bandwidth estimate,
-with hysteresis and a minimum hold time so that it does not flap.
+with hysteresis and a minimum hold time so that it does not flap. :class:`SwitchRetries` says
+when to ask again for the keyframe a layer switch waits for.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ UP_MARGIN = 1.2  # going up to a layer needs estimate >= its bitrate * UP_MARGIN
 STAY_MARGIN = 0.85  # staying on (or going down to) a layer needs estimate >= bitrate * STAY_MARGIN
 UP_BACKOFF = 3  # after a switch down, going up again waits HOLD * UP_BACKOFF
 RATE_WEIGHT = 0.5  # weight of the newest sample in the smoothed bitrate
+SWITCH_PLI_RETRY = 1.0  # seconds a switch waits for the new layer's keyframe before a new PLI
 
 
 @dataclass
@@ -176,3 +178,37 @@ class LayerSelector:
         self.current, self._since = target, now
         self._down_at = now if down else None
         return target
+
+
+@dataclass
+class SwitchRetries:
+    """Layer switches waiting for the new layer's keyframe, by section (mid).
+
+    The engine keeps forwarding the old layer until that keyframe comes, so a lost PLI would
+    leave the subscriber on the old layer until the encoder's next periodic keyframe; after
+    ``retry`` seconds without the switch done, the keyframe is asked for again.
+    """
+
+    retry: float = SWITCH_PLI_RETRY
+    _due: dict[str, float] = field(default_factory=dict)
+
+    def start(self, mid: str, now: float) -> None:
+        """A switch of ``mid`` began (its PLI went out) at ``now``."""
+        self._due[mid] = now + self.retry
+
+    def done(self, mid: str) -> None:
+        self._due.pop(mid, None)
+
+    def pending(self) -> list[str]:
+        return list(self._due)
+
+    def next_deadline(self) -> float | None:
+        return min(self._due.values(), default=None)
+
+    def due(self, now: float) -> list[str]:
+        """The switches whose retry time came; each is re-armed as if its PLI went out now
+        (call :meth:`done` for those found complete)."""
+        ready = [mid for mid, at in self._due.items() if at <= now]
+        for mid in ready:
+            self._due[mid] = now + self.retry
+        return ready

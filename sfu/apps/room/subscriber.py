@@ -8,14 +8,17 @@ consumer's cache, REMB into per-publisher bandwidth estimates.
 
 A simulcast feed's consumer forwards one layer at a time, chosen by a
 :class:`~sfu.apps.room.simulcast.LayerSelector` from the subscriber's ``configure`` request and
-its share of the REMB. Switching replaces the engine consumer by one of the new layer's SSRC
-writing the same outbound SSRC (the engine continues sequence numbers and timestamps), gated
-until a keyframe, and asks the publisher for a keyframe of that layer; the subscriber is told
-with a ``layer`` event.
+its share of the REMB. The first layer gets an engine consumer gated until a keyframe (there is
+nothing to show before it). A switch then moves that consumer with ``engine.switch_consumer``:
+the engine keeps forwarding the old layer until a keyframe of the new one starts and changes
+source at that packet (sequence numbers and timestamps continue), so the picture never freezes.
+The publisher is asked for a keyframe of the new layer, again every ``SWITCH_PLI_RETRY``
+seconds while the switch waits for it; the subscriber is told with a ``layer`` event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ from sfu.apps.base import AppContext, AppError
 from sfu.apps.room.feedback import remb_shares
 from sfu.apps.room.layout import SubscriberLayout
 from sfu.apps.room.model import Feed, RoomError
-from sfu.apps.room.simulcast import LayerSelector
+from sfu.apps.room.simulcast import LayerSelector, SwitchRetries
 from sfu.engine.base import KEYFRAME_CODECS, ConsumerSpec
 from sfu.rtp import rtcp
 from sfu.webrtc.peer import Peer
@@ -44,7 +47,7 @@ class Consumer:
     mid: str
     feed: Feed
     dst_ssrc: int
-    src_ssrc: int = 0  # simulcast: the SSRC of the forwarded layer
+    src_ssrc: int = 0  # simulcast: the SSRC of the chosen layer (forwarded, or switched to)
 
     @property
     def kind(self) -> str:
@@ -86,6 +89,8 @@ class SubscriberSession:
         self.closed = False
         self._dirty = False
         self.offers = 0
+        self.switches = SwitchRetries()  # layer switches waiting for their keyframe
+        self._switch_timer: asyncio.TimerHandle | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "keyframe_requests_in",
@@ -94,6 +99,7 @@ class SubscriberSession:
                 "retransmitted",
                 "rembs_in",
                 "layer_switches",
+                "switch_plis",
             ),
             0,
         )
@@ -201,6 +207,7 @@ class SubscriberSession:
                 self.app.request_keyframe(self.room, feed)
 
     def _drop_consumer(self, mid: str) -> None:
+        self.switches.done(mid)
         self.simulcast.pop(mid, None)
         consumer = self.consumers.pop(mid, None)
         if consumer is not None:
@@ -236,38 +243,52 @@ class SubscriberSession:
         available = publisher.layer_bitrates(track.mid) if publisher is not None else {}
         rid = link.selector.update(available, self.app.monotonic())
         current = self.consumers.get(mid)
+        engine = self.ctx.server.engine
+        # what the engine consumer forwards now (None: none, or it went with its producer)
+        before = engine.consumer_source(current.consumer_id) if current is not None else None
         if rid is None:
             rid = link.selector.current
             if rid is None or publisher is None or current is None:
                 return
-            if publisher.layer_ssrc(track.mid, rid) == current.src_ssrc:
-                return  # same layer, same SSRC: nothing to do
+            if publisher.layer_ssrc(track.mid, rid) == current.src_ssrc and before is not None:
+                return  # same layer, same SSRC, still forwarded: nothing to do
             reason = "restarted"
         ssrc = publisher.layer_ssrc(track.mid, rid) if publisher is not None else None
         if ssrc is None:
             return
-        engine = self.ctx.server.engine
+        target = (track.source.transport_id, ssrc)
         if current is not None:
-            engine.remove_consumer(current.consumer_id)
             self.counters["layer_switches"] += 1
-        cid = self.ctx.server.next_consumer_id()
-        codec = track.codec.name.lower()
-        engine.add_consumer(
-            ConsumerSpec(
-                consumer_id=cid,
-                src_transport=track.source.transport_id,
-                src_ssrc=ssrc,
-                dst_transport=link.dst_transport,
-                dst_ssrc=link.dst_ssrc,
-                clock_rate=track.codec.clock_rate,
-                cache_size=NACK_CACHE,
-                payload_type_map=link.payload_type_map,
-                keyframe_gate=codec if codec in KEYFRAME_CODECS else "",
+        if before is not None and current is not None:
+            # seamless: the engine forwards the old layer until the new one's keyframe
+            cid = current.consumer_id
+            engine.switch_consumer(cid, target[0], ssrc, track.codec.clock_rate)
+        else:
+            if current is not None:
+                engine.remove_consumer(current.consumer_id)  # gone with its producer already
+            cid = self.ctx.server.next_consumer_id()
+            codec = track.codec.name.lower()
+            engine.add_consumer(
+                ConsumerSpec(
+                    consumer_id=cid,
+                    src_transport=target[0],
+                    src_ssrc=ssrc,
+                    dst_transport=link.dst_transport,
+                    dst_ssrc=link.dst_ssrc,
+                    clock_rate=track.codec.clock_rate,
+                    cache_size=NACK_CACHE,
+                    payload_type_map=link.payload_type_map,
+                    keyframe_gate=codec if codec in KEYFRAME_CODECS else "",
+                )
             )
-        )
         self.consumers[mid] = Consumer(cid, mid, link.feed, link.dst_ssrc, ssrc)
-        if peer.connected:
+        if before != target and peer.connected:
             self.app.request_keyframe(self.room, link.feed, ssrc)
+        if before is not None and engine.consumer_source(cid) != target:
+            self.switches.start(mid, self.app.monotonic())
+            self._arm_switch_timer()
+        else:
+            self.switches.done(mid)
         self.ctx.emit(
             "app",
             {
@@ -281,6 +302,38 @@ class SubscriberSession:
                 }
             },
         )
+
+    def _arm_switch_timer(self) -> None:
+        deadline = self.switches.next_deadline()
+        if deadline is None or self._switch_timer is not None or self.closed:
+            return
+        delay = max(0.0, deadline - self.app.monotonic())
+        self._switch_timer = self.ctx.loop.call_later(delay, self._on_switch_timer)
+
+    def _on_switch_timer(self) -> None:
+        self._switch_timer = None
+        self.check_switches()
+
+    def check_switches(self) -> None:
+        """Ask again for the keyframe of each layer a switch has waited for too long."""
+        if self.closed:
+            return
+        engine = self.ctx.server.engine
+        for mid in self.switches.due(self.app.monotonic()):
+            consumer = self.consumers.get(mid)
+            if consumer is None or mid not in self.simulcast:
+                self.switches.done(mid)
+                continue
+            source = engine.consumer_source(consumer.consumer_id)
+            if source is None or source == (
+                consumer.feed.track.source.transport_id,
+                consumer.src_ssrc,
+            ):
+                self.switches.done(mid)  # switched (or gone)
+                continue
+            self.counters["switch_plis"] += 1  # (the publisher sends it once it is connected)
+            self.app.request_keyframe(self.room, consumer.feed, consumer.src_ssrc)
+        self._arm_switch_timer()
 
     def add_remote_candidate(self, candidate: dict[str, Any] | None) -> None:
         if self.peer is None or self.peer.transport is None:
@@ -304,6 +357,9 @@ class SubscriberSession:
         if self.closed:
             return
         self.closed = True
+        if self._switch_timer is not None:
+            self._switch_timer.cancel()
+            self._switch_timer = None
         self.consumers.clear()  # the engine dropped them with the transport
         self.simulcast.clear()
         self.ctx.emit("hangup", {"reason": reason})
@@ -358,6 +414,12 @@ class SubscriberSession:
                     link.selector.set_estimate(shares[mid])
                     self._apply_layer(mid, "bandwidth")
 
+    def _forwarding(self, consumer: Consumer) -> int | None:
+        """The SSRC the engine forwards for ``consumer`` now (the old layer while a switch
+        waits for the new one's keyframe)."""
+        source = self.ctx.server.engine.consumer_source(consumer.consumer_id)
+        return None if source is None else source[1]
+
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "offers": self.offers,
@@ -375,6 +437,7 @@ class SubscriberSession:
                             "layer": self.simulcast[c.mid].selector.current,
                             "requested": self.simulcast[c.mid].selector.requested,
                             "estimate": self.simulcast[c.mid].selector.estimate,
+                            "forwarding_ssrc": self._forwarding(c),
                         }
                         if c.mid in self.simulcast
                         else {}

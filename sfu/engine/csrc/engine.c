@@ -417,10 +417,10 @@ void engine_stream_track(transport *t, istream *s) {
     t->in_tail = s;
 }
 
-/* Free a stream nobody needs (no statistics, producer or consumer). */
+/* Free a stream nobody needs (no statistics, producer, consumer or previous-source user). */
 static void maybe_drop_stream(sfu_engine *e, istream *s) {
     stream_key k;
-    if (s->has_stats || s->has_producer || s->ncons > 0) {
+    if (s->has_stats || s->has_producer || s->ncons > 0 || s->refs > 0) {
         return;
     }
     make_stream_key(&k, s->transport_id, s->ssrc);
@@ -455,7 +455,9 @@ static void resize_ring(istream *s) {
         want = s->producer_cache;
     }
     if (want == 0) {
-        free_ring(s);
+        if (s->refs == 0) {
+            free_ring(s); /* else a switched consumer may still retransmit from it */
+        }
         return;
     }
     if (want <= s->ring_size) {
@@ -468,6 +470,91 @@ static void resize_ring(istream *s) {
     free_ring(s);
     s->ring = ring;
     s->ring_size = want;
+}
+
+/* Free the NACK ring when no consumer of the stream keeps a cache and no switched consumer
+ * still refers to what it cached. */
+static void trim_ring(istream *s) {
+    uint32_t i;
+    if (s->ring == NULL || s->refs > 0) {
+        return;
+    }
+    for (i = 0; i < s->ncons; i++) {
+        if (s->cons[i]->cache_size > 0) {
+            return;
+        }
+    }
+    free_ring(s);
+}
+
+/* Room for one more consumer in the stream's list. */
+static int cons_reserve(istream *s) {
+    if (s->ncons == s->capcons) {
+        uint32_t cap = s->capcons ? s->capcons * 2 : 4;
+        consumer **grown = realloc(s->cons, cap * sizeof(*grown));
+        if (grown == NULL) {
+            return -ENOMEM;
+        }
+        s->cons = grown;
+        s->capcons = cap;
+    }
+    return 0;
+}
+
+static void cons_detach(istream *s, const consumer *c) {
+    uint32_t i;
+    for (i = 0; i < s->ncons; i++) {
+        if (s->cons[i] == c) {
+            memmove(&s->cons[i], &s->cons[i + 1], (s->ncons - i - 1) * sizeof(consumer *));
+            s->ncons--;
+            return;
+        }
+    }
+}
+
+/* Drop a pending switch (the consumer stays on its source). */
+static void cancel_switch(sfu_engine *e, consumer *c) {
+    istream *t = c->target;
+    if (t == NULL) {
+        return;
+    }
+    c->target = NULL;
+    cons_detach(t, c);
+    trim_ring(t);
+    maybe_drop_stream(e, t);
+}
+
+/* Forget the source before the last switch. */
+static void release_prev(sfu_engine *e, consumer *c) {
+    istream *p = c->prev_src;
+    if (p == NULL) {
+        return;
+    }
+    c->prev_src = NULL;
+    p->refs--;
+    trim_ring(p);
+    maybe_drop_stream(e, p);
+}
+
+void engine_complete_switch(sfu_engine *e, consumer *c) {
+    istream *old = c->src, *s = c->target;
+    old->refs++; /* before release_prev, which may concern the same stream */
+    release_prev(e, c);
+    cons_detach(old, c);
+    c->prev_src = old;
+    c->prev_gen = c->gen;
+    c->gen = (uint8_t)(c->gen == 255 ? 1 : c->gen + 1);
+    if (c->gen == 1 && c->log != NULL) {
+        /* the generations wrapped: entries this old must not be taken for the new source */
+        memset(c->log, 0, c->cache_size * sizeof(log_entry));
+    }
+    c->src = s;
+    c->src_transport = s->transport_id;
+    c->src_ssrc = s->ssrc;
+    c->clock_rate = c->target_clock;
+    c->target = NULL;
+    c->synced = 0;
+    c->waiting = 0;
 }
 
 static ostream *get_ostream(transport *t, uint32_t ssrc) {
@@ -715,25 +802,12 @@ int sfu_engine_set_srtp(sfu_engine *e, int64_t transport_id, int profile,
 
 static void remove_consumer_locked(sfu_engine *e, consumer *c) {
     istream *s = c->src;
-    uint32_t i;
-    int had_cache = c->cache_size > 0;
     sfu_hmap_del(&e->consumers, &c->id);
-    for (i = 0; i < s->ncons; i++) {
-        if (s->cons[i] == c) {
-            memmove(&s->cons[i], &s->cons[i + 1], (s->ncons - i - 1) * sizeof(consumer *));
-            s->ncons--;
-            break;
-        }
-    }
-    if (had_cache) {
-        uint32_t j;
-        int any = 0;
-        for (j = 0; j < s->ncons; j++) {
-            any |= s->cons[j]->cache_size > 0;
-        }
-        if (!any) {
-            free_ring(s);
-        }
+    cancel_switch(e, c);
+    release_prev(e, c);
+    cons_detach(s, c);
+    if (c->cache_size > 0) {
+        trim_ring(s);
     }
     free(c->log);
     free(c);
@@ -792,6 +866,19 @@ int sfu_engine_remove_transport(sfu_engine *e, int64_t transport_id) {
         }
     }
     remove_consumers(e, consumer_touches, &transport_id);
+    /* the others let go of its streams: pending switches to them are cancelled */
+    for (i = 0; e->consumers.count > 0 && i <= e->consumers.mask; i++) {
+        consumer *c = e->consumers.slots[i].value;
+        if (c == NULL) {
+            continue;
+        }
+        if (c->target != NULL && c->target->transport_id == transport_id) {
+            c->target = NULL; /* its list goes with the stream */
+        }
+        if (c->prev_src != NULL && c->prev_src->transport_id == transport_id) {
+            c->prev_src = NULL;
+        }
+    }
     /* its inbound streams (statistics, producers) go with it */
     list = e->streams.count ? malloc(e->streams.count * sizeof(*list)) : NULL;
     if (list != NULL) {
@@ -896,6 +983,15 @@ int sfu_engine_remove_producer(sfu_engine *e, int64_t transport_id, uint32_t ssr
     remove_consumers(e, consumer_of, &k);
     s = engine_stream(e, transport_id, ssrc, 0);
     if (s != NULL) {
+        uint32_t i;
+        s->refs++; /* cancelling the last switch to it must not free it under us */
+        for (i = s->ncons; i > 0; i--) { /* left: consumers waiting to switch to it */
+            if (s->cons[i - 1]->target == s) {
+                cancel_switch(e, s->cons[i - 1]);
+            }
+        }
+        s->refs--;
+        trim_ring(s);
         s->has_producer = 0;
         s->clock_rate = DEFAULT_CLOCK_RATE;
         s->producer_cache = 0;
@@ -931,14 +1027,8 @@ int sfu_engine_add_consumer(sfu_engine *e, const sfu_consumer_spec *spec) {
             goto nomem;
         }
     }
-    if (src->ncons == src->capcons) {
-        uint32_t cap = src->capcons ? src->capcons * 2 : 4;
-        consumer **grown = realloc(src->cons, cap * sizeof(*grown));
-        if (grown == NULL) {
-            goto nomem;
-        }
-        src->cons = grown;
-        src->capcons = cap;
+    if (cons_reserve(src) != 0) {
+        goto nomem;
     }
     if (sfu_hmap_put(&e->consumers, &spec->consumer_id, c) != 0) {
         goto nomem;
@@ -953,6 +1043,7 @@ int sfu_engine_add_consumer(sfu_engine *e, const sfu_consumer_spec *spec) {
     memcpy(c->pt_map, spec->pt_map, sizeof(c->pt_map));
     c->gate = spec->keyframe_gate;
     c->waiting = c->gate != SFU_GATE_NONE;
+    c->gen = 1;
     c->dst = dst;
     c->out = out;
     c->src = src;
@@ -996,6 +1087,63 @@ int sfu_engine_pause_consumer(sfu_engine *e, int64_t consumer_id, int paused) {
     }
     pthread_mutex_unlock(&e->lock);
     return 0;
+}
+
+int sfu_engine_switch_consumer(sfu_engine *e, int64_t consumer_id, int64_t src_transport,
+                               uint32_t src_ssrc, uint32_t clock_rate) {
+    consumer *c;
+    istream *s;
+    int rc = 0;
+    pthread_mutex_lock(&e->lock);
+    c = sfu_hmap_get(&e->consumers, &consumer_id);
+    if (c == NULL) {
+        rc = -ENOENT;
+        goto done;
+    }
+    if (c->src->transport_id == src_transport && c->src->ssrc == src_ssrc) {
+        cancel_switch(e, c);
+        goto done;
+    }
+    if (c->target == NULL || c->target->transport_id != src_transport ||
+        c->target->ssrc != src_ssrc) {
+        s = engine_stream(e, src_transport, src_ssrc, 1);
+        if (s == NULL || cons_reserve(s) != 0) {
+            if (s != NULL) {
+                maybe_drop_stream(e, s);
+            }
+            rc = -ENOMEM;
+            goto done;
+        }
+        cancel_switch(e, c);
+        s->cons[s->ncons++] = c;
+        c->target = s;
+        if (c->cache_size > 0) {
+            resize_ring(s);
+        }
+    }
+    c->target_clock = clock_rate;
+    if (c->gate == SFU_GATE_NONE) {
+        engine_complete_switch(e, c); /* no keyframe rule to wait for */
+    }
+done:
+    pthread_mutex_unlock(&e->lock);
+    return rc;
+}
+
+int sfu_engine_consumer_source(sfu_engine *e, int64_t consumer_id, int64_t *src_transport,
+                               uint32_t *src_ssrc) {
+    consumer *c;
+    int rc = 0;
+    pthread_mutex_lock(&e->lock);
+    c = sfu_hmap_get(&e->consumers, &consumer_id);
+    if (c == NULL) {
+        rc = -ENOENT;
+    } else {
+        *src_transport = c->src_transport;
+        *src_ssrc = c->src_ssrc;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return rc;
 }
 
 /* ---- RTCP out and retransmissions ---- */
@@ -1044,9 +1192,7 @@ int sfu_engine_retransmit(sfu_engine *e, int64_t consumer_id, const uint16_t *se
         goto done;
     }
     t = c->dst;
-    s = c->src;
-    if (!t->has_dest || t->tx == NULL || s->ring == NULL ||
-        engine_socket(e, t->dest_socket) == NULL) {
+    if (!t->has_dest || t->tx == NULL || engine_socket(e, t->dest_socket) == NULL) {
         goto done;
     }
     sfu_srtp_set_allow_repeat_tx(t->tx, 1);
@@ -1055,7 +1201,12 @@ int sfu_engine_retransmit(sfu_engine *e, int64_t consumer_id, const uint16_t *se
         const cache_slot *slot;
         uint8_t *p = e->scratch + OUT_HEADROOM;
         size_t len;
-        if (!le->valid || le->out_seq != seqs[i]) {
+        if (le->gen == 0 || le->out_seq != seqs[i]) {
+            continue;
+        }
+        /* sent from the current source, or from the one before the last switch */
+        s = le->gen == c->gen ? c->src : le->gen == c->prev_gen ? c->prev_src : NULL;
+        if (s == NULL || s->ring == NULL) {
             continue;
         }
         slot = &s->ring[le->serial % s->ring_size];

@@ -23,6 +23,8 @@
  * which keeps a video subscriber well under 64 KiB; the publisher pays for one plaintext copy.
  * Limit: a packet more than SFU_SRTP_REPLAY_WINDOW (128) indices behind the newest one sent on
  * that SSRC cannot be protected again (libsrtp's sender replay check) and is reported not found.
+ * After a source switch (sfu_engine_switch_consumer) the log serves what was sent from the
+ * current source and from the one before the last switch (entries carry a source generation).
  *
  * Return codes are 0 or a negative errno (-ENOMEM, -EEXIST, -ENOENT, -EINVAL, -EMFILE, -EBADF).
  */
@@ -186,6 +188,18 @@ int sfu_engine_remove_producer(sfu_engine *e, int64_t transport_id, uint32_t ssr
 int sfu_engine_add_consumer(sfu_engine *e, const sfu_consumer_spec *spec);
 int sfu_engine_remove_consumer(sfu_engine *e, int64_t consumer_id);
 int sfu_engine_pause_consumer(sfu_engine *e, int64_t consumer_id, int paused);
+/*
+ * Source switch: the consumer keeps forwarding its source until a packet of (src_transport,
+ * src_ssrc) starts a keyframe of its gate codec while it can be forwarded (not paused, the
+ * destination ready); from that packet on it forwards the new source (output continuity kept,
+ * clock_rate taken). A new call replaces the target; the current source cancels; removing
+ * the target's producer or transport cancels. Without a gate codec: at once. -ENOENT: unknown.
+ */
+int sfu_engine_switch_consumer(sfu_engine *e, int64_t consumer_id, int64_t src_transport,
+                               uint32_t src_ssrc, uint32_t clock_rate);
+/* The (transport, SSRC) the consumer forwards now; -ENOENT: unknown consumer. */
+int sfu_engine_consumer_source(sfu_engine *e, int64_t consumer_id, int64_t *src_transport,
+                               uint32_t *src_ssrc);
 
 int sfu_engine_send_rtcp(sfu_engine *e, int64_t transport_id, const uint8_t *data, size_t len);
 /* Returns how many of the (output) sequence numbers were found and resent. */

@@ -131,6 +131,13 @@ cdef extern from "engine.h" nogil:
     int sfu_engine_add_consumer(sfu_engine *e, const sfu_consumer_spec *spec)
     int sfu_engine_remove_consumer(sfu_engine *e, int64_t consumer_id)
     int sfu_engine_pause_consumer(sfu_engine *e, int64_t consumer_id, int paused)
+    int sfu_engine_switch_consumer(
+        sfu_engine *e, int64_t consumer_id, int64_t src_transport, uint32_t src_ssrc,
+        uint32_t clock_rate
+    )
+    int sfu_engine_consumer_source(
+        sfu_engine *e, int64_t consumer_id, int64_t *src_transport, uint32_t *src_ssrc
+    )
 
     int sfu_engine_send_rtcp(sfu_engine *e, int64_t transport_id, const uint8_t *data, size_t len)
     int sfu_engine_retransmit(

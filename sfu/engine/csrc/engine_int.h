@@ -40,7 +40,7 @@ typedef struct {
     uint32_t out_ts;
     uint16_t out_seq;
     uint8_t out_pt;
-    uint8_t valid;
+    uint8_t gen; /* the consumer's source generation it came from (consumer.gen); 0: nothing */
 } log_entry;
 
 /* An inbound stream, keyed by (transport id, SSRC): producer, statistics, route, NACK ring. */
@@ -50,6 +50,7 @@ typedef struct istream {
     int has_producer;
     int announced; /* reported as a STREAM control entry */
     int has_stats; /* listed in the transport (inbound statistics) */
+    uint32_t refs; /* consumers whose previous source (prev_src) this is */
     uint32_t clock_rate;
     uint32_t producer_cache;
     struct istream *next_in_transport;
@@ -63,7 +64,7 @@ typedef struct istream {
     int have_prev;
     int64_t prev_arrival;
     uint32_t prev_ts;
-    /* consumers, in the order they were added */
+    /* consumers, in the order they were added; also those waiting to switch to this stream */
     consumer **cons;
     uint32_t ncons;
     uint32_t capcons;
@@ -131,6 +132,13 @@ struct consumer {
     ostream *out;
     istream *src;
     log_entry *log;
+    /* source switch: the pending target (listed in target->cons too), taken at its keyframe */
+    istream *target;
+    uint32_t target_clock;
+    /* the source before the last switch, so that NACKs of what it sent are still served */
+    istream *prev_src;
+    uint8_t gen; /* generation of src in the NACK log (1..255) */
+    uint8_t prev_gen;
 };
 
 typedef struct {
@@ -225,6 +233,10 @@ void engine_stream_track(transport *t, istream *s);
 int addr_from_sockaddr(sfu_addr *a, const struct sockaddr *sa);
 socklen_t addr_to_sockaddr(const sfu_addr *a, struct sockaddr_storage *ss);
 double engine_now(void);
+
+/* Move a consumer to its target (lock held): it leaves its source's list, stays in the
+ * target's, and continues its output from there (loop.c calls it at the target's keyframe). */
+void engine_complete_switch(sfu_engine *e, consumer *c);
 
 /* loop.c: send one protected packet to the transport's destination, wrapped as ChannelData
  * when relayed (data needs OUT_HEADROOM writable bytes before it); lock held; 1 if sent. */

@@ -310,7 +310,7 @@ static void forward(sfu_engine *e, consumer *c, const uint8_t *plain, size_t len
         le->out_ts = out_ts;
         le->out_seq = out_seq;
         le->out_pt = out_pt;
-        le->valid = serial != 0;
+        le->gen = serial != 0 ? c->gen : 0;
     }
     o->last_out_seq = out_seq;
     o->last_out_ts = out_ts;
@@ -335,8 +335,10 @@ static void resync(istream *s) {
     s->jitter = 0.0;
     s->have_prev = 0;
     for (i = 0; i < s->ncons; i++) {
-        s->cons[i]->synced = 0;
-        s->cons[i]->waiting = s->cons[i]->gate != SFU_GATE_NONE;
+        if (s->cons[i]->src == s) { /* not a consumer only waiting to switch to it */
+            s->cons[i]->synced = 0;
+            s->cons[i]->waiting = s->cons[i]->gate != SFU_GATE_NONE;
+        }
     }
 }
 
@@ -393,10 +395,17 @@ static void on_rtp(sfu_engine *e, transport *t, uint8_t *buf, size_t n, int sock
     }
     for (i = 0; i < s->ncons; i++) {
         consumer *c = s->cons[i];
-        if (c->paused) {
+        if (c->target == s) {
+            /* a pending switch: taken at a keyframe of the target that actually leaves (the
+             * switch edits the old source's list, never this one) */
+            if (c->paused || c->dst->tx == NULL || !c->dst->has_dest ||
+                !sfu_keyframe_start(c->gate, buf, len)) {
+                continue;
+            }
+            engine_complete_switch(e, c);
+        } else if (c->paused) {
             continue;
-        }
-        if (c->waiting) {
+        } else if (c->waiting) {
             /* the gate opens on a keyframe that actually leaves (the destination is ready) */
             if (c->dst->tx == NULL || !c->dst->has_dest ||
                 !sfu_keyframe_start(c->gate, buf, len)) {
