@@ -13,6 +13,7 @@ from sfu.apps.room.requests import Configure, parse_request
 from sfu.apps.room.simulcast import (
     AUTO,
     HOLD,
+    IDLE_AFTER,
     SWITCH_PLI_RETRY,
     UP_BACKOFF,
     Layer,
@@ -158,6 +159,12 @@ def test_layer_rates() -> None:
     assert rates.rate(1) == 750_000
     rates.sample(1, 10, 3.0)  # a counter that went back (a new stream): ignored
     assert rates.rate(1) == 750_000
+    assert not rates.idle(1, 3.0 + IDLE_AFTER - 0.1)  # the counter moved at 3.0
+    rates.sample(1, 10, 3.0 + IDLE_AFTER)
+    assert rates.idle(1, 3.0 + IDLE_AFTER)  # no growth for IDLE_AFTER: the layer stopped
+    rates.sample(1, 20, 9.0)
+    assert not rates.idle(1, 9.0)
+    assert not rates.idle(2, 9.0)  # never seen: not known to be idle
     rates.forget(1)
     assert rates.rate(1) is None
 
@@ -354,11 +361,20 @@ async def test_simulcast_publish_learn_layers_and_switch(harness: Harness) -> No
     keyframe_arrives()
 
     # by bandwidth: bob's REMB over his video SSRC, with measured layer bitrates
-    for ssrc, rate in ((0xA0, 150_000), (0xA1, 500_000), (0xA2, 1_500_000)):
-        publisher.rates.sample(ssrc, 0, 0.0)
-        publisher.rates.sample(ssrc, rate // 8, 1.0)
+    layer_rates = {0xA0: 150_000, 0xA1: 500_000, 0xA2: 1_500_000}
+    sent = {ssrc: 0 for ssrc in layer_rates}
+    for ssrc in layer_rates:
+        publisher.rates.sample(ssrc, 0, clock[0] - 1.0)
+    sampled = [clock[0] - 1.0]
+
+    def flowing() -> None:  # every layer keeps sending at its rate until now
+        for ssrc, rate in layer_rates.items():
+            sent[ssrc] += int(rate / 8 * (clock[0] - sampled[0]))
+            publisher.rates.sample(ssrc, sent[ssrc], clock[0])
+        sampled[0] = clock[0]
 
     def remb(bitrate: int) -> None:
+        flowing()
         session._on_rtcp(parse_rtcp(rtcp.remb(1, bitrate, [dst])))
 
     remb(600_000)
@@ -393,3 +409,16 @@ async def test_simulcast_publish_learn_layers_and_switch(harness: Harness) -> No
     assert engine._consumers[cid].target == (pub_tid, 0xD1)
     assert session.consumers["1"].consumer_id == cid  # still forwarding f meanwhile
     assert engine.consumer_source(cid) == (pub_tid, 0xC2)
+
+    # the publisher stops sending a layer (Chromium drops layers under congestion): it is no
+    # longer offered, so the switch waiting for it goes to another layer instead of waiting
+    publisher.rates.sample(0xD1, 0, clock[0])  # h came back once, then went quiet
+    for quiet in (0xA1, 0xA2):
+        layer_rates.pop(quiet)
+    layer_rates[0xC2] = 1_500_000
+    sent[0xC2] = 0
+    clock[0] += IDLE_AFTER
+    flowing()
+    assert set(publisher.layer_bitrates("1")) == {"q", "f"}
+    harness.app.layers_changed(publisher.room, publisher.participant_id)  # as sampling does
+    assert engine._consumers[cid].target == (pub_tid, 0xA0)  # the best below the ceiling h

@@ -58,6 +58,7 @@ class PublisherSession:
         self._remb_task: asyncio.Task[None] | None = None
         self.layers: dict[str, dict[str, int]] = {}  # simulcast: mid -> rid -> learned SSRC
         self.rates = LayerRates()
+        self._flowing: dict[str, frozenset[str]] | None = None  # flowing layers at last sample
         self.counters: dict[str, int] = dict.fromkeys(
             ("keyframe_requests", "plis_sent", "rembs_out", "streams_learned"), 0
         )
@@ -158,6 +159,7 @@ class PublisherSession:
         self.tracks = ()
         self.layers = {}
         self.rates = LayerRates()
+        self._flowing = None
         self._stop_timers()
         self.keyframes = KeyframeGate()
         self.estimates = BitrateEstimates()
@@ -206,8 +208,15 @@ class PublisherSession:
         return candidates[0] if len(candidates) == 1 else None
 
     def layer_bitrates(self, mid: str) -> dict[str, int | None]:
-        """The learned layers of a simulcast track: RID -> measured bitrate (None: not yet)."""
-        return {rid: self.rates.rate(ssrc) for rid, ssrc in self.layers.get(mid, {}).items()}
+        """The learned layers of a simulcast track that are flowing: RID -> measured bitrate
+        (None: not yet). A layer the publisher stopped sending is left out, so subscribers on it
+        (or switching to it) move to another one instead of waiting for it forever."""
+        now = self.app.monotonic()
+        return {
+            rid: self.rates.rate(ssrc)
+            for rid, ssrc in self.layers.get(mid, {}).items()
+            if not self.rates.idle(ssrc, now)
+        }
 
     def layer_ssrc(self, mid: str, rid: str) -> int | None:
         return self.layers.get(mid, {}).get(rid)
@@ -225,6 +234,12 @@ class PublisherSession:
                 inbound = stats.inbound.get(ssrc)
                 if inbound is not None:
                     self.rates.sample(ssrc, inbound.bytes, now)
+        flowing = {mid: frozenset(self.layer_bitrates(mid)) for mid in self.layers}
+        if flowing != self._flowing:
+            changed = self._flowing is not None
+            self._flowing = flowing
+            if changed:  # a layer stopped or came back: subscribers re-choose
+                self.app.layers_changed(self.room, self.participant_id)
 
     # -- feedback from subscribers ---------------------------------------------------------------
 

@@ -21,6 +21,7 @@ STAY_MARGIN = 0.85  # staying on (or going down to) a layer needs estimate >= bi
 UP_BACKOFF = 3  # after a switch down, going up again waits HOLD * UP_BACKOFF
 RATE_WEIGHT = 0.5  # weight of the newest sample in the smoothed bitrate
 SWITCH_PLI_RETRY = 1.0  # seconds a switch waits for the new layer's keyframe before a new PLI
+IDLE_AFTER = 2.0  # a layer whose byte count has not grown for this long is not offered
 
 
 @dataclass
@@ -29,10 +30,13 @@ class LayerRates:
 
     _last: dict[int, tuple[int, float]] = field(default_factory=dict)
     _rates: dict[int, int] = field(default_factory=dict)
+    _grew: dict[int, float] = field(default_factory=dict)  # when the byte count last grew
 
     def sample(self, ssrc: int, total_bytes: int, now: float) -> None:
         last = self._last.get(ssrc)
         self._last[ssrc] = (total_bytes, now)
+        if last is None or total_bytes != last[0]:
+            self._grew[ssrc] = now
         if last is None or now <= last[1] or total_bytes < last[0]:
             return
         rate = (total_bytes - last[0]) * 8 / (now - last[1])
@@ -43,9 +47,16 @@ class LayerRates:
     def rate(self, ssrc: int) -> int | None:
         return self._rates.get(ssrc)
 
+    def idle(self, ssrc: int, now: float) -> bool:
+        """True when the stream was seen but its byte count has not grown for IDLE_AFTER
+        seconds (a publisher turned that layer off, as Chromium does under congestion)."""
+        grew = self._grew.get(ssrc)
+        return grew is not None and now - grew >= IDLE_AFTER
+
     def forget(self, ssrc: int) -> None:
         self._last.pop(ssrc, None)
         self._rates.pop(ssrc, None)
+        self._grew.pop(ssrc, None)
 
 
 @dataclass(frozen=True)
